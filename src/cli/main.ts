@@ -1,0 +1,76 @@
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Command, Option } from 'commander';
+import { stringify } from 'yaml';
+import { ConfigError, loadConfigFile, parseConfig, readConfigTree } from '../config/load.js';
+import type { GuardConfig } from '../config/schema.js';
+import { createLogger } from '../ops/logger.js';
+import { startGuard } from '../server/guard.js';
+import { startEchoUpstream } from './echo-upstream.js';
+
+const root = new URL('../../', import.meta.url);
+const pkg = JSON.parse(readFileSync(new URL('package.json', root), 'utf8')) as { version: string };
+const EXAMPLE_CONFIG = fileURLToPath(new URL('config/guard.example.yaml', root));
+
+/** Builds a config or ends the process with every problem listed, before anything listens. */
+function configOrExit(build: () => GuardConfig): GuardConfig {
+  try {
+    return build();
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    process.stderr.write(`ws-guard: ${err.message}\n`);
+    process.exit(1);
+  }
+}
+
+async function run(config: GuardConfig, onStop?: () => Promise<void>): Promise<void> {
+  const logger = createLogger();
+  const guard = await startGuard(config, logger);
+  const stop = (signal: NodeJS.Signals) => {
+    logger.info({ signal }, 'stopping');
+    void guard.close().then(() => onStop?.()).then(() => process.exit(0));
+  };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+}
+
+const program = new Command('ws-guard')
+  .description('WebSocket guard: authenticates upgrades and inspects every frame on its way to the upstream')
+  .version(pkg.version)
+  .addOption(new Option('-c, --config <file>', 'YAML config file (see config/guard.example.yaml)'))
+  .action(async (options: { config?: string }) => {
+    if (!options.config) program.help({ error: true });
+    await run(configOrExit(() => loadConfigFile(options.config!)));
+  });
+
+program
+  .command('check')
+  .description('validate a config file; prints the effective config and exits 0, or lists every problem and exits 1')
+  .argument('<file>', 'YAML config file')
+  .action((file: string) => {
+    const config = configOrExit(() => loadConfigFile(file));
+    process.stdout.write(`# ${file}: valid\n${stringify(config)}`);
+  });
+
+program
+  .command('demo')
+  .description('run ws-guard with the example config in front of a built-in echo upstream')
+  .option('--listen <host:port>', 'where the guard listens', '127.0.0.1:8080')
+  .action(async (options: { listen: string }) => {
+    const echo = await startEchoUpstream();
+    const example = readConfigTree(EXAMPLE_CONFIG) as Record<string, unknown>;
+    const config = configOrExit(() =>
+      parseConfig({ ...example, listen: options.listen, upstream: `http://127.0.0.1:${echo.port}` }),
+    );
+    await run(config, () => echo.close());
+    const url = `ws://${options.listen}/`;
+    process.stderr.write(
+      `\nws-guard demo: guarding a built-in echo app at http://127.0.0.1:${echo.port}\n` +
+        `  WebSocket: ${url}\n` +
+        `  try:  node -e "const ws=new (require('ws'))('${url}');ws.on('open',()=>ws.send('hello'));ws.on('message',m=>{console.log(String(m));ws.close()})"\n` +
+        `  HTTP:  curl http://${options.listen}/hello\n` +
+        `  stop with Ctrl-C\n\n`,
+    );
+  });
+
+await program.parseAsync();

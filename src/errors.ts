@@ -1,0 +1,44 @@
+/**
+ * The one catalogue of refusals. Every refusal the guard makes carries a stable code; the code decides
+ * the HTTP status (before the upgrade) or the close code (after it). Tests and logs use the codes.
+ */
+export const ERRORS = {
+  BAD_METHOD: { status: 405, message: 'WebSocket upgrade must use GET' },
+  BAD_HTTP_VERSION: { status: 400, message: 'WebSocket upgrade needs HTTP/1.1' },
+  BAD_UPGRADE: { status: 400, message: 'Upgrade header must be exactly "websocket"' },
+  BAD_KEY: { status: 400, message: 'missing or invalid Sec-WebSocket-Key' },
+  BAD_VERSION: { status: 426, message: 'unsupported Sec-WebSocket-Version' },
+  HANDSHAKE_BODY: { status: 400, message: 'a WebSocket upgrade must not carry a body' },
+  BAD_REQUEST: { status: 400, message: 'malformed HTTP request' },
+  HEADERS_TOO_LARGE: { status: 431, message: 'request headers too large' },
+  HANDSHAKE_TIMEOUT: { status: 408, message: 'handshake not completed in time' },
+  UPSTREAM_UNREACHABLE: { status: 502, message: 'upstream unreachable' },
+  UPSTREAM_BAD_HANDSHAKE: { status: 502, message: 'upstream answered with an invalid handshake' },
+  UPSTREAM_TIMEOUT: { status: 504, message: 'upstream did not answer in time' },
+  PROTOCOL_VIOLATION: { status: 400, close: 1002, message: 'WebSocket protocol violation' },
+  MESSAGE_TOO_BIG: { status: 400, close: 1009, message: 'message too big' },
+  UPSTREAM_GONE: { status: 502, close: 1014, message: 'upstream connection lost' },
+} as const satisfies Record<string, { status: number; close?: number; message: string }>;
+
+export type ErrorCode = keyof typeof ERRORS;
+
+/** The codes that can end an open connection, each with its RFC 6455 §7.4 close code. */
+export type CloseReason = { [K in ErrorCode]: (typeof ERRORS)[K] extends { close: number } ? K : never }[ErrorCode];
+
+export class GuardError extends Error {
+  readonly code: ErrorCode;
+  readonly status: number;
+  readonly closeCode: number | undefined;
+  /** Extra response headers that belong to this refusal (Allow, Sec-WebSocket-Version, ...). */
+  readonly headers: Readonly<Record<string, string>>;
+
+  constructor(code: ErrorCode, detail?: string, headers: Record<string, string> = {}) {
+    const entry: { status: number; close?: number; message: string } = ERRORS[code];
+    super(detail ? `${entry.message}: ${detail}` : entry.message);
+    this.name = 'GuardError';
+    this.code = code;
+    this.status = entry.status;
+    this.closeCode = entry.close;
+    this.headers = headers;
+  }
+}

@@ -1,0 +1,236 @@
+import type { CloseReason } from '../errors.js';
+
+/** RFC 6455 §5.2 opcodes. */
+export const OP_CONTINUATION = 0x0;
+export const OP_TEXT = 0x1;
+export const OP_BINARY = 0x2;
+export const OP_CLOSE = 0x8;
+export const OP_PING = 0x9;
+export const OP_PONG = 0xa;
+
+const S_HEADER = 0;
+const S_PAYLOAD = 1;
+/** A close frame went through: RFC 6455 §5.5.1 forbids anything after it, so the rest is dropped. */
+const S_CLOSED = 2;
+/** A violation or a stop: nothing more is forwarded in this direction. */
+const S_STOPPED = 3;
+
+/** 2^53: lengths at or above it cannot be held exactly in a JS number; no real message is that big. */
+const MAX_SAFE_HIGH_WORD = 0x200000;
+
+export interface InspectorOptions {
+  /** Frames must be masked (client → server) or must not be (server → client), RFC 6455 §5.1. */
+  masked: boolean;
+  /** permessage-deflate was negotiated in the 101, so RSV1 may mark a compressed message (RFC 7692 §6). */
+  compressed: boolean;
+}
+
+/**
+ * A pure state machine over the bytes of one direction of a WebSocket connection (RFC 6455 §5.2).
+ *
+ * It reads frame headers only and never copies payloads: `feed(chunk)` returns how many bytes at the
+ * start of `chunk` may be forwarded as they are. A header split across chunks is held back (at most 14
+ * bytes) until it is complete and valid, so a refused frame never reaches the other side and a frame the
+ * guard inserts (a close) always lands on a frame boundary. The verdict is the same however the stream
+ * is split.
+ */
+export class FrameInspector {
+  /** Held header bytes that were completed by the last chunk: write them before that chunk's bytes. */
+  released: Buffer | null = null;
+  /** Why the stream was refused; set together with the stop. */
+  error: CloseReason | null = null;
+  errorDetail = '';
+  /** A complete close frame went through. */
+  closeSeen = false;
+  /** The status code of that close frame, 1005 when it had none (RFC 6455 §7.1.5). */
+  closeCode = 1005;
+  /** Data messages started and bytes accepted, for accounting. */
+  messages = 0;
+  bytes = 0;
+
+  private readonly masked: boolean;
+  private readonly compressed: boolean;
+  private state = S_HEADER;
+  /** Allocated on the first header that straddles chunks; most connections never need it. */
+  private header: Buffer | null = null;
+  private headerLength = 0;
+  private remaining = 0;
+  private opcode = 0;
+  private inMessage = false;
+  private stopPending = false;
+  /** Masking key of the current frame and how far into its payload we are, to read a close code. */
+  private mask0 = 0;
+  private mask1 = 0;
+  private payloadOffset = 0;
+
+  constructor(options: InspectorOptions) {
+    this.masked = options.masked;
+    this.compressed = options.compressed;
+  }
+
+  /** No frame is half forwarded: a frame inserted now lands on a boundary. */
+  get atBoundary(): boolean {
+    return this.state !== S_PAYLOAD;
+  }
+
+  /** Nothing more will be forwarded in this direction (violation, close frame or requested stop). */
+  get stopped(): boolean {
+    return this.state === S_STOPPED || this.state === S_CLOSED;
+  }
+
+  /**
+   * Ends forwarding at the next frame boundary: now when between frames, else when the current frame
+   * has been forwarded whole. `stopped` tells which.
+   */
+  stopAtBoundary(): void {
+    if (this.state === S_HEADER) this.state = S_STOPPED;
+    else if (this.state === S_PAYLOAD) this.stopPending = true;
+  }
+
+  feed(chunk: Buffer): number {
+    this.released = null;
+    const length = chunk.length;
+    let pos = 0;
+    while (pos < length) {
+      const state = this.state;
+      if (state === S_PAYLOAD) {
+        const available = length - pos;
+        const take = this.remaining < available ? this.remaining : available;
+        if (this.opcode === OP_CLOSE) this.readCloseCode(chunk, pos, take);
+        pos += take;
+        this.remaining -= take;
+        this.bytes += take;
+        if (this.remaining === 0 && this.endFrame()) return pos;
+        continue;
+      }
+      if (state !== S_HEADER) return pos;
+      if (this.headerLength === 0 && length - pos >= 2) {
+        const size = headerSize(chunk[pos + 1]!);
+        if (length - pos >= size) {
+          if (!this.startFrame(chunk, pos)) return pos;
+          pos += size;
+          this.bytes += size;
+          if (this.remaining === 0 && this.endFrame()) return pos;
+          continue;
+        }
+      }
+      const start = pos;
+      const held = this.headerLength;
+      const header = (this.header ??= Buffer.alloc(14));
+      pos = this.collectHeader(header, chunk, pos);
+      const size = this.headerLength >= 2 ? headerSize(header[1]!) : 14;
+      if (this.headerLength < size) return start;
+      // The header straddled chunks: what was held from earlier chunks goes out in front of this one.
+      this.headerLength = 0;
+      if (!this.startFrame(header, 0)) return start;
+      if (held > 0) this.released = Buffer.from(header.subarray(0, held));
+      this.bytes += size;
+      if (this.remaining === 0 && this.endFrame()) return pos;
+    }
+    return pos;
+  }
+
+  private collectHeader(header: Buffer, chunk: Buffer, pos: number): number {
+    const length = chunk.length;
+    while (pos < length) {
+      header[this.headerLength++] = chunk[pos++]!;
+      if (this.headerLength >= 2 && this.headerLength >= headerSize(header[1]!)) break;
+    }
+    return pos;
+  }
+
+  /** Validates a complete header at `buf[at]` and enters its payload; false when it was refused. */
+  private startFrame(buf: Buffer, at: number): boolean {
+    const b0 = buf[at]!;
+    const b1 = buf[at + 1]!;
+    const fin = (b0 & 0x80) !== 0;
+    const opcode = b0 & 0x0f;
+    const control = opcode >= 0x8;
+
+    if ((b0 & 0x30) !== 0) return this.fail('PROTOCOL_VIOLATION', 'RSV2/RSV3 set without a negotiated extension');
+    if (b0 & 0x40) {
+      // RFC 7692 §6: RSV1 marks a compressed message, only on its first frame, never on control frames.
+      if (!this.compressed) return this.fail('PROTOCOL_VIOLATION', 'RSV1 set without permessage-deflate');
+      if (opcode !== OP_TEXT && opcode !== OP_BINARY) return this.fail('PROTOCOL_VIOLATION', 'RSV1 set on a non-first or control frame');
+    }
+    if (control) {
+      if (opcode > OP_PONG) return this.fail('PROTOCOL_VIOLATION', `reserved opcode ${opcode}`);
+      if (!fin) return this.fail('PROTOCOL_VIOLATION', 'fragmented control frame');
+      if ((b1 & 0x7f) > 125) return this.fail('PROTOCOL_VIOLATION', 'control frame longer than 125 bytes');
+      if (opcode === OP_CLOSE && (b1 & 0x7f) === 1) return this.fail('PROTOCOL_VIOLATION', 'close frame with a 1-byte body');
+    } else if (opcode === OP_CONTINUATION) {
+      if (!this.inMessage) return this.fail('PROTOCOL_VIOLATION', 'continuation frame outside a message');
+    } else if (opcode === OP_TEXT || opcode === OP_BINARY) {
+      if (this.inMessage) return this.fail('PROTOCOL_VIOLATION', 'new data frame inside a fragmented message');
+    } else {
+      return this.fail('PROTOCOL_VIOLATION', `reserved opcode ${opcode}`);
+    }
+    if (((b1 & 0x80) !== 0) !== this.masked) {
+      return this.fail('PROTOCOL_VIOLATION', this.masked ? 'unmasked client frame' : 'masked server frame');
+    }
+
+    let payloadLength = b1 & 0x7f;
+    let maskAt = at + 2;
+    if (payloadLength === 126) {
+      payloadLength = buf.readUInt16BE(at + 2);
+      maskAt = at + 4;
+    } else if (payloadLength === 127) {
+      const high = buf.readUInt32BE(at + 2);
+      if (high & 0x80000000) return this.fail('PROTOCOL_VIOLATION', '64-bit length with the most significant bit set');
+      if (high >= MAX_SAFE_HIGH_WORD) return this.fail('MESSAGE_TOO_BIG', 'frame length beyond 2^53');
+      payloadLength = high * 0x100000000 + buf.readUInt32BE(at + 6);
+      maskAt = at + 10;
+    }
+    if (this.masked && opcode === OP_CLOSE) {
+      this.mask0 = buf[maskAt]!;
+      this.mask1 = buf[maskAt + 1]!;
+    }
+
+    if (!control) {
+      if (opcode !== OP_CONTINUATION) this.messages++;
+      this.inMessage = !fin;
+    }
+    this.opcode = opcode;
+    this.remaining = payloadLength;
+    this.payloadOffset = 0;
+    this.state = S_PAYLOAD;
+    return true;
+  }
+
+  /** The current frame has been forwarded whole; true when forwarding in this direction ends here. */
+  private endFrame(): boolean {
+    if (this.opcode === OP_CLOSE) {
+      this.closeSeen = true;
+      this.state = S_CLOSED;
+      return true;
+    }
+    if (this.stopPending) {
+      this.state = S_STOPPED;
+      return true;
+    }
+    this.state = S_HEADER;
+    return false;
+  }
+
+  private readCloseCode(chunk: Buffer, pos: number, take: number): void {
+    for (let i = 0; i < take && this.payloadOffset < 2; i++, this.payloadOffset++) {
+      let byte = chunk[pos + i]!;
+      if (this.masked) byte ^= this.payloadOffset === 0 ? this.mask0 : this.mask1;
+      this.closeCode = this.payloadOffset === 0 ? byte << 8 : this.closeCode | byte;
+    }
+  }
+
+  private fail(code: CloseReason, detail: string): false {
+    this.error = code;
+    this.errorDetail = detail;
+    this.state = S_STOPPED;
+    this.headerLength = 0;
+    return false;
+  }
+}
+
+/** Bytes in a frame header given its second byte (RFC 6455 §5.2). */
+function headerSize(b1: number): number {
+  const length = b1 & 0x7f;
+  return 2 + (length === 126 ? 2 : length === 127 ? 8 : 0) + (b1 & 0x80 ? 4 : 0);
+}

@@ -1,0 +1,223 @@
+import { EventEmitter } from 'node:events';
+import type { Socket } from 'node:net';
+import type { Logger } from 'pino';
+import { closeFrame } from '../frames/close.js';
+import { FrameInspector } from '../frames/inspector.js';
+import { ERRORS, type CloseReason } from '../errors.js';
+
+export interface SessionOptions {
+  id: number;
+  client: Socket;
+  upstream: Socket;
+  /** Bytes the client sent after its handshake, and the upstream after its 101. */
+  clientHead: Buffer;
+  upstreamHead: Buffer;
+  /** permessage-deflate was negotiated in the 101. */
+  compressed: boolean;
+  closeTimeoutMs: number;
+  logger: Logger;
+}
+
+/** How a session ended, for the audit trail. */
+export interface SessionEnd {
+  id: number;
+  /** Who started the closing: the client, the upstream, or the guard (with the error code). */
+  closedBy: 'client' | 'upstream' | 'guard';
+  closeCode: number;
+  reason: CloseReason | null;
+  messagesIn: number;
+  messagesOut: number;
+  bytesIn: number;
+  bytesOut: number;
+  durationMs: number;
+}
+
+/**
+ * One proxied WebSocket connection: two sockets, an inspector per direction, and the closing logic.
+ * Chunks are forwarded as they were received (design.md §2); the inspectors only say how much of each.
+ */
+export class Session extends EventEmitter<{ end: [SessionEnd] }> {
+  readonly id: number;
+  private readonly client: Socket;
+  private readonly upstream: Socket;
+  /** client → upstream and upstream → client. */
+  private readonly c2u: FrameInspector;
+  private readonly u2c: FrameInspector;
+  private readonly closeTimeoutMs: number;
+  private readonly logger: Logger;
+  private readonly startedAt = Date.now();
+  private closedBy: SessionEnd['closedBy'] | null = null;
+  private reason: CloseReason | null = null;
+  private guardCloseCode = 0;
+  /** A guard close frame still owed to that side, written once its direction reaches a frame boundary. */
+  private owesClient = false;
+  private owesUpstream = false;
+  private closeTimer: NodeJS.Timeout | null = null;
+  private openSockets = 2;
+
+  constructor(options: SessionOptions) {
+    super();
+    this.id = options.id;
+    this.client = options.client;
+    this.upstream = options.upstream;
+    this.closeTimeoutMs = options.closeTimeoutMs;
+    this.logger = options.logger;
+    this.c2u = new FrameInspector({ masked: true, compressed: options.compressed });
+    this.u2c = new FrameInspector({ masked: false, compressed: options.compressed });
+
+    for (const socket of [this.client, this.upstream]) {
+      socket.setNoDelay(true);
+      socket.setTimeout(0);
+      socket.on('error', (err) => this.onSocketError(socket, err));
+      socket.once('close', () => this.onSocketClose());
+    }
+    this.client.on('data', (chunk: Buffer) => this.forward(chunk, this.client, this.upstream, this.c2u));
+    this.upstream.on('data', (chunk: Buffer) => this.forward(chunk, this.upstream, this.client, this.u2c));
+    // Backpressure: a side that cannot keep up pauses the other (design.md §2).
+    this.client.on('drain', () => this.upstream.resume());
+    this.upstream.on('drain', () => this.client.resume());
+    this.client.on('end', () => this.onClientEnd());
+    this.upstream.on('end', () => this.onUpstreamEnd());
+
+    if (options.upstreamHead.length > 0) this.forward(options.upstreamHead, this.upstream, this.client, this.u2c);
+    if (options.clientHead.length > 0) this.forward(options.clientHead, this.client, this.upstream, this.c2u);
+  }
+
+  /** Closes both sides with the reason's close code at frame boundaries; tears down after the close timeout. */
+  close(reason: CloseReason, detail: string): void {
+    const code = ERRORS[reason].close;
+    if (this.closedBy === null) {
+      this.closedBy = 'guard';
+      this.reason = reason;
+      this.guardCloseCode = code;
+    }
+    this.logger.info({ session: this.id, reason, closeCode: code, detail }, 'closing connection');
+    // A side that already sent its own close frame gets none from the guard (RFC 6455 §5.5.1).
+    if (!this.c2u.closeSeen && !this.upstream.destroyed) {
+      this.c2u.stopAtBoundary();
+      this.owesUpstream = true;
+    }
+    if (!this.u2c.closeSeen && !this.client.destroyed) {
+      this.u2c.stopAtBoundary();
+      this.owesClient = true;
+    }
+    this.payDebts(code, ERRORS[reason].message);
+    this.armCloseTimer();
+  }
+
+  /** Drops both legs at once, without a closing handshake (used when the listener stops). */
+  destroy(): void {
+    this.client.destroy();
+    this.upstream.destroy();
+  }
+
+  private forward(chunk: Buffer, from: Socket, to: Socket, inspector: FrameInspector): void {
+    const n = inspector.feed(chunk);
+    let flushed = true;
+    if (inspector.released !== null) flushed = to.write(inspector.released);
+    if (n === chunk.length) flushed = to.write(chunk) && flushed;
+    else if (n > 0) flushed = to.write(chunk.subarray(0, n)) && flushed;
+    if (!flushed) from.pause();
+    if (!inspector.stopped) return;
+
+    if (inspector.error !== null) {
+      const direction = inspector === this.c2u ? 'client' : 'upstream';
+      this.logger.warn({ session: this.id, from: direction, code: inspector.error, detail: inspector.errorDetail }, 'frame refused');
+      this.close(inspector.error, inspector.errorDetail);
+    } else if (this.owesClient || this.owesUpstream) {
+      this.payDebts(this.guardCloseCode, this.reason ? ERRORS[this.reason].message : '');
+    } else if (inspector.closeSeen) {
+      this.onCloseFrame(inspector === this.c2u ? 'client' : 'upstream');
+    }
+  }
+
+  private onCloseFrame(side: 'client' | 'upstream'): void {
+    this.closedBy ??= side;
+    // The upstream, as the server, closes TCP after the handshake (RFC 6455 §7.1.1); the timer covers a peer that never does.
+    this.armCloseTimer();
+  }
+
+  /** Writes owed guard close frames to the sides whose direction has reached a frame boundary. */
+  private payDebts(code: number, text: string): void {
+    if (this.owesUpstream && this.c2u.stopped) {
+      this.owesUpstream = false;
+      if (!this.upstream.destroyed) this.upstream.end(closeFrame(code, text, true));
+    }
+    if (this.owesClient && this.u2c.stopped) {
+      this.owesClient = false;
+      if (!this.client.destroyed) this.client.end(closeFrame(code, text, false));
+    }
+  }
+
+  private onClientEnd(): void {
+    // http.Server sockets allow half-open connections, so the FIN must be passed on by hand.
+    this.closedBy ??= 'client';
+    if (!this.upstream.destroyed) this.upstream.end();
+    this.armCloseTimer();
+  }
+
+  private onUpstreamEnd(): void {
+    if (!this.u2c.closeSeen && this.closedBy !== 'guard' && !this.c2u.closeSeen) {
+      this.upstreamGone('upstream ended the connection without a close frame');
+      return;
+    }
+    this.closedBy ??= 'upstream';
+    if (!this.client.destroyed) this.client.end();
+    this.armCloseTimer();
+  }
+
+  private onSocketError(socket: Socket, err: Error): void {
+    const side = socket === this.client ? 'client' : 'upstream';
+    this.logger.debug({ session: this.id, side, err: err.message }, 'socket error');
+    if (socket === this.upstream && this.closedBy === null) this.upstreamGone(err.message);
+  }
+
+  private onSocketClose(): void {
+    if (this.upstream.destroyed && this.closedBy === null) this.upstreamGone('upstream socket closed');
+    if (this.client.destroyed && !this.upstream.destroyed) {
+      this.closedBy ??= 'client';
+      // A client that vanished takes the upstream leg with it; one that closed cleanly lets ours finish.
+      if (this.upstream.writableEnded) this.armCloseTimer();
+      else this.upstream.destroy();
+    }
+    if (--this.openSockets === 0) this.finish();
+  }
+
+  private upstreamGone(detail: string): void {
+    if (this.client.destroyed) return;
+    // A frame cut off in the middle cannot be followed by a close frame; only a TCP close is left then.
+    if (!this.u2c.atBoundary) {
+      this.closedBy ??= 'upstream';
+      this.client.destroy();
+      return;
+    }
+    this.close('UPSTREAM_GONE', detail);
+  }
+
+  private armCloseTimer(): void {
+    if (this.closeTimer !== null) return;
+    this.closeTimer = setTimeout(() => {
+      this.client.destroy();
+      this.upstream.destroy();
+    }, this.closeTimeoutMs);
+    this.closeTimer.unref();
+  }
+
+  private finish(): void {
+    if (this.closeTimer !== null) clearTimeout(this.closeTimer);
+    const closeCode = this.closedBy === 'guard'
+      ? this.guardCloseCode
+      : this.closedBy === 'upstream' ? this.u2c.closeCode : this.c2u.closeCode;
+    this.emit('end', {
+      id: this.id,
+      closedBy: this.closedBy ?? 'client',
+      closeCode: this.closedBy === 'guard' || this.c2u.closeSeen || this.u2c.closeSeen ? closeCode : 1006,
+      reason: this.reason,
+      messagesIn: this.c2u.messages,
+      messagesOut: this.u2c.messages,
+      bytesIn: this.c2u.bytes,
+      bytesOut: this.u2c.bytes,
+      durationMs: Date.now() - this.startedAt,
+    });
+  }
+}

@@ -1,0 +1,53 @@
+import { createHash } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+import { GuardError } from '../errors.js';
+
+const GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
+/** RFC 6455 §4.1: the key is 16 random bytes, base64-encoded. */
+const KEY = /^[A-Za-z0-9+/]{22}==$/;
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+/** RFC 6455 §4.2.2: the accept value the server must answer for `key`. */
+export function acceptFor(key: string): string {
+  return createHash('sha1').update(key + GUID).digest('base64');
+}
+
+export interface UpgradeRequest {
+  key: string;
+  /** Sec-WebSocket-Protocol entries offered by the client, in order. */
+  protocols: string[];
+}
+
+/** Splits a comma-separated header list (all copies of it) into trimmed, non-empty entries. */
+export function headerList(value: string | string[] | undefined): string[] {
+  if (value === undefined) return [];
+  const text = Array.isArray(value) ? value.join(',') : value;
+  return text.split(',').map((s) => s.trim()).filter((s) => s.length > 0);
+}
+
+/**
+ * The RFC 6455 §4.2.1 checks of a client's opening handshake, in the order of design.md §1. Throws the
+ * GuardError that answers the first failed check.
+ */
+export function checkUpgrade(req: IncomingMessage): UpgradeRequest {
+  if (req.method !== 'GET') throw new GuardError('BAD_METHOD', req.method, { Allow: 'GET' });
+  if (req.httpVersionMajor !== 1 || req.httpVersionMinor < 1) throw new GuardError('BAD_HTTP_VERSION', `HTTP/${req.httpVersion}`);
+  const upgrade = req.headers.upgrade;
+  if (upgrade === undefined || upgrade.trim().toLowerCase() !== 'websocket') {
+    throw new GuardError('BAD_UPGRADE', upgrade ?? '(none)');
+  }
+  const key = req.headers['sec-websocket-key'];
+  if (key === undefined || !KEY.test(key.trim())) throw new GuardError('BAD_KEY');
+  const version = req.headers['sec-websocket-version'];
+  if (version === undefined || version.trim() !== '13') {
+    throw new GuardError('BAD_VERSION', version ?? '(none)', { 'Sec-WebSocket-Version': '13' });
+  }
+  // A GET upgrade has no body (RFC 6455 §4.1); bytes after the head are WebSocket frames, never a body.
+  const length = req.headers['content-length'];
+  if (req.headers['transfer-encoding'] !== undefined || (length !== undefined && length.trim() !== '0')) {
+    throw new GuardError('HANDSHAKE_BODY');
+  }
+  const protocols = headerList(req.headers['sec-websocket-protocol']);
+  if (protocols.some((p) => !TOKEN.test(p))) throw new GuardError('BAD_UPGRADE', 'invalid Sec-WebSocket-Protocol');
+  return { key: key.trim(), protocols };
+}
