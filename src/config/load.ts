@@ -46,13 +46,22 @@ function formatPath(path: readonly PropertyKey[]): string {
   );
 }
 
-function formatIssues(issues: readonly z.core.$ZodIssue[]): string[] {
+function valueAt(tree: unknown, path: readonly PropertyKey[]): unknown {
+  let node = tree;
+  for (const key of path) {
+    if (node === null || typeof node !== 'object') return undefined;
+    node = (node as Record<PropertyKey, unknown>)[key];
+  }
+  return node;
+}
+
+function formatIssues(issues: readonly z.core.$ZodIssue[], tree: unknown): string[] {
   return issues.flatMap((issue) => {
     if (issue.code === 'unrecognized_keys') {
       return issue.keys.map((key) => `${formatPath([...issue.path, key])}: unknown key`);
     }
     const where = formatPath(issue.path) || '(root)';
-    const message = issue.code === 'invalid_type' && issue.input === undefined ? 'is required' : issue.message;
+    const message = valueAt(tree, issue.path) === undefined ? 'is required' : issue.message;
     return [`${where}: ${message}`];
   });
 }
@@ -62,7 +71,7 @@ export function parseConfig(raw: unknown, env: NodeJS.ProcessEnv = process.env):
   const problems: string[] = [];
   const interpolated = interpolate(raw ?? {}, env, '', problems);
   const result = configSchema.safeParse(interpolated);
-  if (!result.success) problems.push(...formatIssues(result.error.issues));
+  if (!result.success) problems.push(...formatIssues(result.error.issues, interpolated));
   if (problems.length > 0 || !result.success) throw new ConfigError(problems);
   return deepFreeze(result.data);
 }

@@ -1,0 +1,189 @@
+import { describe, expect, it } from 'vitest';
+import { FrameInspector, type InspectorOptions } from './inspector.js';
+
+const hex = (text: string) => Buffer.from(text.replace(/\s+/g, ''), 'hex');
+
+/** RFC 6455 §5.7 examples. */
+const MASKED_HELLO = hex('81 85 37fa213d 7f9f4d5158');
+const HELLO = hex('81 05 48656c6c6f');
+const FRAGMENTS = hex('01 03 48656c 80 02 6c6f');
+const PING = hex('89 05 48656c6c6f');
+const PONG_MASKED = hex('8a 85 37fa213d 7f9f4d5158');
+const BINARY_256 = Buffer.concat([hex('82 7e 0100'), Buffer.alloc(256, 7)]);
+const BINARY_64K = Buffer.concat([hex('82 7f 0000000000010000'), Buffer.alloc(65536, 9)]);
+
+const CLIENT: InspectorOptions = { masked: true, compressed: false };
+const SERVER: InspectorOptions = { masked: false, compressed: false };
+
+/** A masked client frame with an all-zero key, so the payload stays readable. */
+function masked(b0: number, payload: Buffer | string): Buffer {
+  const body = Buffer.from(payload);
+  if (body.length > 125) throw new Error('use a short payload');
+  return Buffer.concat([Buffer.from([b0, 0x80 | body.length, 0, 0, 0, 0]), body]);
+}
+
+interface Outcome {
+  forwarded: Buffer;
+  error: string | null;
+  closeSeen: boolean;
+  closeCode: number;
+  messages: number;
+}
+
+function run(options: InspectorOptions, chunks: Buffer[]): Outcome {
+  const inspector = new FrameInspector(options);
+  const out: Buffer[] = [];
+  for (const chunk of chunks) {
+    const n = inspector.feed(chunk);
+    if (inspector.released) out.push(inspector.released);
+    out.push(chunk.subarray(0, n));
+  }
+  return {
+    forwarded: Buffer.concat(out),
+    error: inspector.error,
+    closeSeen: inspector.closeSeen,
+    closeCode: inspector.closeCode,
+    messages: inspector.messages,
+  };
+}
+
+/** Every way the tests split a stream: whole, at each single split point, and one byte at a time. */
+function* splits(stream: Buffer): Generator<[string, Buffer[]]> {
+  yield ['whole', [stream]];
+  for (let i = 1; i < stream.length; i++) yield [`split at ${i}`, [stream.subarray(0, i), stream.subarray(i)]];
+  yield ['byte by byte', [...stream].map((b) => Buffer.from([b]))];
+}
+
+/** Asserts the same verdict and the same forwarded bytes however `stream` is split. */
+function expectEverySplit(options: InspectorOptions, stream: Buffer, expected: Partial<Outcome> & { forwarded: Buffer }) {
+  for (const [how, chunks] of splits(stream)) {
+    const outcome = run(options, chunks);
+    expect(outcome.forwarded.equals(expected.forwarded), `${how}: forwarded bytes`).toBe(true);
+    expect(outcome.error, `${how}: error`).toBe(expected.error ?? null);
+    if (expected.closeSeen !== undefined) expect(outcome.closeSeen, how).toBe(expected.closeSeen);
+    if (expected.closeCode !== undefined) expect(outcome.closeCode, how).toBe(expected.closeCode);
+    if (expected.messages !== undefined) expect(outcome.messages, how).toBe(expected.messages);
+  }
+}
+
+describe('FrameInspector: valid streams are forwarded untouched', () => {
+  it('masked client frames', () => {
+    const stream = Buffer.concat([MASKED_HELLO, PONG_MASKED, MASKED_HELLO]);
+    expectEverySplit(CLIENT, stream, { forwarded: stream, messages: 2 });
+  });
+
+  it('server frames: text, fragments with a ping between them, 16- and 64-bit lengths', () => {
+    const stream = Buffer.concat([HELLO, FRAGMENTS.subarray(0, 5), PING, FRAGMENTS.subarray(5), BINARY_256, BINARY_64K]);
+    const outcome = run(SERVER, [stream]);
+    expect(outcome.forwarded.equals(stream)).toBe(true);
+    expect(outcome.messages).toBe(4);
+    const small = Buffer.concat([HELLO, FRAGMENTS.subarray(0, 5), PING, FRAGMENTS.subarray(5), BINARY_256]);
+    expectEverySplit(SERVER, small, { forwarded: small, messages: 3 });
+  });
+
+  it('RSV1 on the first frame of a message when permessage-deflate was negotiated', () => {
+    const stream = Buffer.concat([masked(0x41, 'abc'), masked(0x80, 'de'), masked(0xc1, 'x')]);
+    expectEverySplit({ masked: true, compressed: true }, stream, { forwarded: stream, messages: 2 });
+  });
+
+  it('zero-length frames', () => {
+    const stream = hex('81 00 89 00 82 00');
+    expectEverySplit(SERVER, stream, { forwarded: stream, messages: 2 });
+  });
+
+  it('forwards the chunks it was given: a whole chunk yields n = length and nothing released', () => {
+    const inspector = new FrameInspector(SERVER);
+    expect(inspector.feed(BINARY_64K)).toBe(BINARY_64K.length);
+    expect(inspector.released).toBeNull();
+  });
+});
+
+describe('FrameInspector: close frames', () => {
+  it('reads the close code of a masked close frame and drops anything after it (RFC 6455 §5.5.1)', () => {
+    const close = masked(0x88, Buffer.from([0x0f, 0xa0, 0x62, 0x79, 0x65]));
+    const stream = Buffer.concat([MASKED_HELLO, close, MASKED_HELLO]);
+    expectEverySplit(CLIENT, stream, {
+      forwarded: Buffer.concat([MASKED_HELLO, close]),
+      closeSeen: true,
+      closeCode: 4000,
+    });
+  });
+
+  it('reads an unmasked close frame and reports 1005 for an empty one', () => {
+    expectEverySplit(SERVER, hex('88 02 03e8'), { forwarded: hex('88 02 03e8'), closeSeen: true, closeCode: 1000 });
+    expectEverySplit(SERVER, hex('88 00'), { forwarded: hex('88 00'), closeSeen: true, closeCode: 1005 });
+  });
+});
+
+describe('FrameInspector: violations close with 1002 and nothing from the bad frame on is forwarded', () => {
+  const cases: [string, InspectorOptions, Buffer, string?][] = [
+    ['an unmasked client frame (§5.1)', CLIENT, HELLO],
+    ['a masked server frame (§5.1)', SERVER, MASKED_HELLO],
+    ['RSV2 set (§5.2)', CLIENT, masked(0xa1, 'x')],
+    ['RSV3 set (§5.2)', CLIENT, masked(0x91, 'x')],
+    ['RSV1 without permessage-deflate (§5.2)', CLIENT, masked(0xc1, 'x')],
+    ['reserved data opcode 3 (§5.2)', CLIENT, masked(0x83, 'x')],
+    ['reserved control opcode 0xB (§5.2)', CLIENT, masked(0x8b, 'x')],
+    ['a fragmented ping (§5.5)', CLIENT, masked(0x09, 'x')],
+    ['a control frame longer than 125 bytes (§5.5)', SERVER, Buffer.concat([hex('89 7e 007e'), Buffer.alloc(126)])],
+    ['a continuation outside a message (§5.4)', CLIENT, masked(0x80, 'x')],
+    ['a close frame with a 1-byte body (§5.5.1)', CLIENT, masked(0x88, 'x')],
+    ['a 64-bit length with the top bit set (§5.2)', SERVER, hex('82 7f 8000000000000001 00')],
+    ['a frame longer than 2^53', SERVER, hex('82 7f 0020000000000000 00'), 'MESSAGE_TOO_BIG'],
+  ];
+
+  for (const [name, options, bad, code = 'PROTOCOL_VIOLATION'] of cases) {
+    it(name, () => {
+      const good = options.masked ? MASKED_HELLO : HELLO;
+      const stream = Buffer.concat([good, bad, good]);
+      expectEverySplit(options, stream, { forwarded: good, error: code });
+    });
+  }
+
+  it('a new data frame inside a fragmented message (§5.4)', () => {
+    const first = masked(0x01, 'ab');
+    const stream = Buffer.concat([first, masked(0x81, 'cd'), masked(0x80, 'ef')]);
+    expectEverySplit(CLIENT, stream, { forwarded: first, error: 'PROTOCOL_VIOLATION' });
+  });
+
+  it('RSV1 on a continuation frame even with permessage-deflate (RFC 7692 §6)', () => {
+    const first = masked(0x41, 'ab');
+    const stream = Buffer.concat([first, masked(0xc0, 'cd')]);
+    expectEverySplit({ masked: true, compressed: true }, stream, { forwarded: first, error: 'PROTOCOL_VIOLATION' });
+  });
+
+  it('RSV1 on a control frame even with permessage-deflate (RFC 7692 §6)', () => {
+    const stream = Buffer.concat([MASKED_HELLO, masked(0xc9, 'x')]);
+    expectEverySplit({ masked: true, compressed: true }, stream, { forwarded: MASKED_HELLO, error: 'PROTOCOL_VIOLATION' });
+  });
+
+  it('stays stopped: later chunks forward nothing', () => {
+    const inspector = new FrameInspector(CLIENT);
+    expect(inspector.feed(HELLO)).toBe(0);
+    expect(inspector.stopped).toBe(true);
+    expect(inspector.feed(MASKED_HELLO)).toBe(0);
+  });
+});
+
+describe('FrameInspector: stopping at a frame boundary', () => {
+  it('stops at once between frames, discarding a held partial header', () => {
+    const inspector = new FrameInspector(SERVER);
+    expect(inspector.feed(Buffer.concat([HELLO, HELLO.subarray(0, 1)]))).toBe(HELLO.length);
+    expect(inspector.atBoundary).toBe(true);
+    inspector.stopAtBoundary();
+    expect(inspector.stopped).toBe(true);
+    expect(inspector.feed(HELLO.subarray(1))).toBe(0);
+    expect(inspector.released).toBeNull();
+  });
+
+  it('finishes the frame in flight, then stops', () => {
+    const inspector = new FrameInspector(SERVER);
+    expect(inspector.feed(BINARY_256.subarray(0, 100))).toBe(100);
+    expect(inspector.atBoundary).toBe(false);
+    inspector.stopAtBoundary();
+    expect(inspector.stopped).toBe(false);
+    const rest = Buffer.concat([BINARY_256.subarray(100), HELLO]);
+    expect(inspector.feed(rest)).toBe(BINARY_256.length - 100);
+    expect(inspector.stopped).toBe(true);
+  });
+});
