@@ -105,6 +105,11 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
     this.armCloseTimer();
   }
 
+  /** Bytes the guard holds for this connection in its socket buffers, both ways. */
+  get bufferedBytes(): number {
+    return this.client.writableLength + this.upstream.writableLength + this.client.readableLength + this.upstream.readableLength;
+  }
+
   /** Drops both legs at once, without a closing handshake (used when the listener stops). */
   destroy(): void {
     this.client.destroy();

@@ -1,0 +1,39 @@
+import { parseConfig } from '../../src/config/load.js';
+import { createLogger } from '../../src/ops/logger.js';
+import { startGuard, type Guard } from '../../src/server/guard.js';
+
+export interface TestGuard {
+  guard: Guard;
+  port: number;
+  /** ws://127.0.0.1:port */
+  wsUrl: string;
+  /** http://127.0.0.1:port */
+  httpUrl: string;
+  /** Every log line the guard wrote, parsed. */
+  logs: Record<string, unknown>[];
+  close(): Promise<void>;
+}
+
+/** Starts a guard in this process on 127.0.0.1 with a port of its own, logging at debug into `logs`. */
+export async function startTestGuard(config: Record<string, unknown>): Promise<TestGuard> {
+  const logs: Record<string, unknown>[] = [];
+  const logger = createLogger('debug', { write: (line: string) => void logs.push(JSON.parse(line)) });
+  const guard = await startGuard(parseConfig({ listen: '127.0.0.1:0', ...config }, {}), logger);
+  return {
+    guard,
+    port: guard.port,
+    wsUrl: `ws://127.0.0.1:${guard.port}`,
+    httpUrl: `http://127.0.0.1:${guard.port}`,
+    logs,
+    close: () => guard.close(),
+  };
+}
+
+/** Resolves once `check` holds, polling; rejects after `ms`. */
+export async function until(check: () => boolean | Promise<boolean>, ms = 5000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
