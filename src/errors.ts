@@ -17,6 +17,7 @@ export const ERRORS = {
   UPSTREAM_TIMEOUT: { status: 504, message: 'upstream did not answer in time' },
   PROTOCOL_VIOLATION: { status: 400, close: 1002, message: 'WebSocket protocol violation' },
   MESSAGE_TOO_BIG: { status: 400, close: 1009, message: 'message too big' },
+  SHUTTING_DOWN: { status: 503, close: 1001, message: 'ws-guard is shutting down' },
   UPSTREAM_GONE: { status: 502, close: 1014, message: 'upstream connection lost' },
 } as const satisfies Record<string, { status: number; close?: number; message: string }>;
 

@@ -72,7 +72,7 @@ describe('ws-guard CLI', () => {
     expect(result.stdout).not.toMatch(/listening/);
   });
 
-  it('runs with a config file, proxies a message and exits 0 on SIGTERM', async () => {
+  it('runs with a config file, proxies a message, and on SIGTERM closes it with 1001 and exits 0', async () => {
     const upstream = await startUpstream();
     const port = await freePort();
     const config = file('run.yaml', `listen: 127.0.0.1:${port}\nupstream: http://127.0.0.1:\${UP_PORT}\n`);
@@ -89,10 +89,13 @@ describe('ws-guard CLI', () => {
       ws.send('through the real process');
       const reply = await new Promise<string>((resolve) => ws.once('message', (d) => resolve(String(d))));
       expect(reply).toBe('through the real process');
-      ws.close();
+      const closed = new Promise<number>((resolve) => ws.once('close', resolve));
       const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
       child.kill('SIGTERM');
+      expect(await closed).toBe(1001);
       expect(await exited).toBe(0);
+      await until(async () => (await upstream.seen('')).some((e) => e.type === 'ws_disconnect'));
+      expect((await upstream.seen('')).find((e) => e.type === 'ws_disconnect')).toMatchObject({ code: 1001 });
       expect(out.split('\n').filter(Boolean).every((line) => JSON.parse(line).service === 'ws-guard')).toBe(true);
     } finally {
       if (child.exitCode === null) child.kill('SIGKILL');

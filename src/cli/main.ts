@@ -28,7 +28,7 @@ async function run(config: GuardConfig, onStop?: () => Promise<void>): Promise<v
   const guard = await startGuard(config, logger);
   const stop = (signal: NodeJS.Signals) => {
     logger.info({ signal }, 'stopping');
-    void guard.close().then(() => onStop?.()).then(() => process.exit(0));
+    void guard.drain().then(() => onStop?.()).then(() => process.exit(0));
   };
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);

@@ -15,7 +15,12 @@ export interface Guard {
   readonly host: string;
   /** Open WebSocket sessions. */
   readonly sessions: ReadonlySet<Session>;
-  /** Stops listening and destroys every open connection. */
+  /**
+   * Stops listening, closes every open connection with 1001 at a frame boundary on both sides, and
+   * resolves when all are gone or after `timeouts.drain`, when the rest are destroyed.
+   */
+  drain(): Promise<void>;
+  /** Stops listening and destroys every open connection at once. */
   close(): Promise<void>;
 }
 
@@ -72,7 +77,8 @@ export async function startGuard(config: GuardConfig, logger: Logger): Promise<G
   server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
     socket.on('error', (err) => logger.debug({ err: err.message }, 'client socket error during handshake'));
     upgrade(req, socket, head).catch((err: unknown) => {
-      if (err instanceof GuardError) refuse(socket, err, req);
+      if (socket.destroyed) logger.debug({ path: req.url }, 'client left before the upgrade completed');
+      else if (err instanceof GuardError) refuse(socket, err, req);
       else {
         logger.error({ err }, 'upgrade failed');
         socket.destroy();
@@ -170,15 +176,32 @@ export async function startGuard(config: GuardConfig, logger: Logger): Promise<G
   const address = server.address() as AddressInfo;
   logger.info({ listen: `${address.address}:${address.port}`, upstream: config.upstream.origin }, 'ws-guard listening');
 
+  const stopListening = () =>
+    new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      server.closeIdleConnections();
+    });
+
   return {
     port: address.port,
     host: address.address,
     sessions,
-    close: () =>
-      new Promise<void>((resolve) => {
+    async drain() {
+      const closed = stopListening();
+      logger.info({ open: sessions.size, timeoutMs: config.timeouts.drain }, 'draining');
+      for (const session of sessions) session.close('SHUTTING_DOWN', 'drain');
+      const deadline = setTimeout(() => {
         for (const session of sessions) session.destroy();
-        server.close(() => resolve());
         server.closeAllConnections();
-      }),
+      }, config.timeouts.drain);
+      await closed;
+      clearTimeout(deadline);
+    },
+    async close() {
+      const closed = stopListening();
+      for (const session of sessions) session.destroy();
+      server.closeAllConnections();
+      await closed;
+    },
   };
 }
