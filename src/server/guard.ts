@@ -142,11 +142,13 @@ export async function startGuard(config: GuardConfig, logger: Logger): Promise<G
       logger,
     });
     sessions.add(session);
+    // Only these two strings outlive the handshake: the request object is left to the garbage collector.
     const ip = trusted.clientAddress(ctx.peer, req.headers['x-forwarded-for']);
-    logger.debug({ session: session.id, ip, path: req.url }, 'connection open');
+    const path = req.url;
+    logger.debug({ session: session.id, ip, path }, 'connection open');
     session.once('end', (end: SessionEnd) => {
       sessions.delete(session);
-      logger.info({ ...end, ip, path: req.url }, 'connection closed');
+      logger.info({ ...end, ip, path }, 'connection closed');
     });
   }
 
