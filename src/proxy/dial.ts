@@ -52,6 +52,13 @@ export function dialUpstream(options: DialOptions): Promise<DialResult> {
       fail(new GuardError('UPSTREAM_UNREACHABLE', err.code ?? err.message));
     });
     req.on('response', (response) => {
+      // Node emits a 101 as a plain response when it lacks `Upgrade` or `Connection: Upgrade`. RFC 6455 §4.1
+      // (client steps 2 and 3) fails such a 101; relayed as a refusal it would tell the client a protocol
+      // switch happened on a connection the guard is about to close.
+      if (response.statusCode === 101) {
+        fail(new GuardError('UPSTREAM_BAD_HANDSHAKE', '101 without Upgrade: websocket and Connection: Upgrade'));
+        return;
+      }
       disarm();
       resolve({ kind: 'refused', response });
     });

@@ -47,6 +47,12 @@ export function checkUpgrade(req: IncomingMessage): UpgradeRequest {
   if (req.headers['transfer-encoding'] !== undefined || (length !== undefined && length.trim() !== '0')) {
     throw new GuardError('HANDSHAKE_BODY');
   }
+  // RFC 6455 §4.1 (item 4) and §4.2.1 (item 2): exactly one Host. Node keeps only the first of several in
+  // req.headers while rawHeaders, which are forwarded, keep them all: the upstream could then pick another
+  // host than the one the guard saw and sent as X-Forwarded-Host. So the lines are counted.
+  let hosts = 0;
+  for (let i = 0; i < req.rawHeaders.length; i += 2) if (req.rawHeaders[i]!.toLowerCase() === 'host') hosts++;
+  if (hosts !== 1) throw new GuardError('BAD_REQUEST', hosts === 0 ? 'no Host header' : `${hosts} Host headers`);
   const protocols = headerList(req.headers['sec-websocket-protocol']);
   if (protocols.some((p) => !TOKEN.test(p))) throw new GuardError('BAD_UPGRADE', 'invalid Sec-WebSocket-Protocol');
   return { key: key.trim(), protocols };
