@@ -2,6 +2,9 @@
  * The one catalogue of refusals. Every refusal the guard makes carries a stable code; the code decides
  * the HTTP status (before the upgrade) or the close code (after it). Tests and logs use the codes.
  */
+/** RFC 6750 §3: a 401 names the scheme and why the token was not accepted. */
+const BEARER_CHALLENGE = { 'WWW-Authenticate': 'Bearer error="invalid_token"' };
+
 export const ERRORS = {
   BAD_METHOD: { status: 405, message: 'WebSocket upgrade must use GET' },
   BAD_HTTP_VERSION: { status: 400, message: 'WebSocket upgrade needs HTTP/1.1' },
@@ -12,6 +15,11 @@ export const ERRORS = {
   BAD_REQUEST: { status: 400, message: 'malformed HTTP request' },
   HEADERS_TOO_LARGE: { status: 431, message: 'request headers too large' },
   HANDSHAKE_TIMEOUT: { status: 408, message: 'handshake not completed in time' },
+  ORIGIN_DENIED: { status: 403, message: 'origin not allowed' },
+  TOKEN_MISSING: { status: 401, close: 4001, message: 'no access token', headers: BEARER_CHALLENGE },
+  TOKEN_INVALID: { status: 401, close: 4001, message: 'invalid access token', headers: BEARER_CHALLENGE },
+  TOKEN_EXPIRED: { status: 401, close: 4001, message: 'access token expired', headers: BEARER_CHALLENGE },
+  CLAIMS_INSUFFICIENT: { status: 403, close: 4003, message: 'access token does not grant this' },
   UPSTREAM_UNREACHABLE: { status: 502, message: 'upstream unreachable' },
   UPSTREAM_BAD_HANDSHAKE: { status: 502, message: 'upstream answered with an invalid handshake' },
   UPSTREAM_TIMEOUT: { status: 504, message: 'upstream did not answer in time' },
@@ -19,7 +27,14 @@ export const ERRORS = {
   MESSAGE_TOO_BIG: { status: 400, close: 1009, message: 'message too big' },
   SHUTTING_DOWN: { status: 503, close: 1001, message: 'ws-guard is shutting down' },
   UPSTREAM_GONE: { status: 502, close: 1014, message: 'upstream connection lost' },
-} as const satisfies Record<string, { status: number; close?: number; message: string }>;
+} as const satisfies Record<string, ErrorEntry>;
+
+interface ErrorEntry {
+  status: number;
+  close?: number;
+  message: string;
+  headers?: Readonly<Record<string, string>>;
+}
 
 export type ErrorCode = keyof typeof ERRORS;
 
@@ -34,12 +49,12 @@ export class GuardError extends Error {
   readonly headers: Readonly<Record<string, string>>;
 
   constructor(code: ErrorCode, detail?: string, headers: Record<string, string> = {}) {
-    const entry: { status: number; close?: number; message: string } = ERRORS[code];
+    const entry: ErrorEntry = ERRORS[code];
     super(detail ? `${entry.message}: ${detail}` : entry.message);
     this.name = 'GuardError';
     this.code = code;
     this.status = entry.status;
     this.closeCode = entry.close;
-    this.headers = headers;
+    this.headers = { ...entry.headers, ...headers };
   }
 }

@@ -61,7 +61,7 @@ function formatIssues(issues: readonly z.core.$ZodIssue[], tree: unknown): strin
       return issue.keys.map((key) => `${formatPath([...issue.path, key])}: unknown key`);
     }
     const where = formatPath(issue.path) || '(root)';
-    const message = valueAt(tree, issue.path) === undefined ? 'is required' : issue.message;
+    const message = issue.code !== 'custom' && valueAt(tree, issue.path) === undefined ? 'is required' : issue.message;
     return [`${where}: ${message}`];
   });
 }

@@ -1,6 +1,9 @@
+import { createPublicKey, type KeyObject } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import { z } from 'zod';
-import { parseDuration } from './units.js';
+import { parseOriginPattern } from '../policies/origin.js';
+import { parseDuration, parseSize } from './units.js';
 
 /**
  * The config schema (design.md §3). Every object is strict, so a misspelt key is an error instead of a
@@ -77,13 +80,160 @@ const timeouts = z
   })
   .prefault({});
 
-export const configSchema = z.strictObject({
-  listen,
-  upstream,
-  trustedProxies: z.array(cidr).default([]),
-  compression: z.enum(['passthrough', 'off'], { error: 'expected passthrough or off' }).default('passthrough'),
-  timeouts,
+const HMAC = ['HS256', 'HS384', 'HS512'] as const;
+const ASYMMETRIC = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'] as const;
+/** RFC 7518 §3.2: an HMAC key must be at least as long as the hash output. */
+const HMAC_MIN_BYTES: Record<string, number> = { HS256: 32, HS384: 48, HS512: 64 };
+/** Which algorithms each kind of public key can verify. */
+const KEY_ALGORITHMS: Record<string, readonly string[]> = {
+  rsa: ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512'],
+  'rsa-pss': ['PS256', 'PS384', 'PS512'],
+  ec: ['ES256', 'ES384', 'ES512'],
+  ed25519: ['EdDSA', 'Ed25519'],
+};
+
+function parseJwksUrl(text: string): URL | undefined {
+  try {
+    const url = new URL(text);
+    const loopback = ['127.0.0.1', '[::1]', 'localhost'].includes(url.hostname);
+    return url.protocol === 'https:' || (url.protocol === 'http:' && loopback) ? url : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Reads a PEM public key file; the parsed key is checked here so a bad file stops the start. */
+function readPublicKey(path: string): { path: string; pem: string; type: string } | undefined {
+  try {
+    const pem = readFileSync(path, 'utf8');
+    const key: KeyObject = createPublicKey(pem);
+    return { path, pem, type: key.asymmetricKeyType ?? 'unknown' };
+  } catch {
+    return undefined;
+  }
+}
+
+const TOKEN_SOURCES = ['header', 'protocol', 'query', 'cookie'] as const;
+const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+/** The JWT keys, all optional, so a route can override some of them; the full set is checked by `jwtSchema`. */
+const jwtShape = {
+  secret: z.string().min(1).optional(),
+  publicKey: unit(readPublicKey, 'a readable PEM public key file').optional(),
+  jwksUrl: unit(parseJwksUrl, 'an https:// URL (http:// only on loopback)').optional(),
+  jwksTimeout: duration.optional(),
+  jwksCooldown: duration.optional(),
+  jwksCacheMaxAge: duration.optional(),
+  algorithms: z.array(z.enum([...HMAC, ...ASYMMETRIC], { error: `expected one of ${[...HMAC, ...ASYMMETRIC].join(', ')}` })).min(1).optional(),
+  issuer: z.union([z.string(), z.array(z.string()).min(1)]).optional(),
+  audience: z.union([z.string(), z.array(z.string()).min(1)]).optional(),
+  requiredClaims: z.array(z.string().min(1)).optional(),
+  clockTolerance: duration.optional(),
+  tokenSources: z.array(z.enum(TOKEN_SOURCES, { error: `expected one of ${TOKEN_SOURCES.join(', ')}` })).min(1).optional(),
+  queryParam: z.string().min(1).optional(),
+  cookie: z.string().min(1).optional(),
+  forwardClaims: z.record(z.string(), z.string().regex(HEADER_NAME, 'expected a header name')).optional(),
+  onReject: z.enum(['status', 'close'], { error: 'expected status or close' }).optional(),
+  expiry: z.enum(['close', 'ignore'], { error: 'expected close or ignore' }).optional(),
+  maxTokenLength: unit(parseSize, 'a size like 8KiB').optional(),
+};
+
+const JWT_DEFAULTS = {
+  jwksTimeout: 5_000,
+  jwksCooldown: 30_000,
+  jwksCacheMaxAge: 600_000,
+  requiredClaims: [] as string[],
+  clockTolerance: 0,
+  tokenSources: [...TOKEN_SOURCES],
+  queryParam: 'access_token',
+  cookie: 'access_token',
+  forwardClaims: {} as Record<string, string>,
+  onReject: 'status' as const,
+  expiry: 'close' as const,
+  maxTokenLength: 8192,
+};
+
+const partialJwt = z.strictObject(jwtShape);
+type PartialJwt = z.output<typeof partialJwt>;
+
+/** Fills defaults into a (merged) JWT config and checks that its key source and algorithms fit together. */
+export function completeJwt(jwt: PartialJwt, ctx: z.RefinementCtx, path: PropertyKey[]) {
+  const issue = (key: string, message: string) => ctx.addIssue({ code: 'custom', path: [...path, key], message });
+  const sources = (['secret', 'publicKey', 'jwksUrl'] as const).filter((k) => jwt[k] !== undefined);
+  if (sources.length !== 1) {
+    issue(sources[1] ?? 'secret', 'exactly one of secret, publicKey or jwksUrl is required');
+  }
+  if (jwt.algorithms === undefined) {
+    issue('algorithms', 'is required: list the algorithms tokens may use');
+    return z.NEVER;
+  }
+  const hmac = jwt.algorithms.filter((a) => a.startsWith('HS'));
+  if (jwt.secret !== undefined) {
+    if (hmac.length !== jwt.algorithms.length) issue('algorithms', 'a secret verifies only HS256, HS384 or HS512');
+    const bytes = Buffer.byteLength(jwt.secret);
+    for (const alg of hmac) {
+      if (bytes < HMAC_MIN_BYTES[alg]!) issue('secret', `${alg} needs a secret of at least ${HMAC_MIN_BYTES[alg]} bytes, got ${bytes}`);
+    }
+  } else if (hmac.length > 0) {
+    issue('algorithms', `${hmac.join(', ')} needs a secret, not a public key`);
+  }
+  if (jwt.publicKey !== undefined) {
+    const fits = KEY_ALGORITHMS[jwt.publicKey.type] ?? [];
+    const misfit = jwt.algorithms.filter((a) => !fits.includes(a));
+    if (misfit.length > 0) issue('algorithms', `a ${jwt.publicKey.type} key cannot verify ${misfit.join(', ')}`);
+  }
+  return { ...JWT_DEFAULTS, ...jwt, algorithms: jwt.algorithms };
+}
+
+const jwtSchema = partialJwt.transform((jwt, ctx) => completeJwt(jwt, ctx, []));
+export type JwtConfig = z.output<typeof jwtSchema>;
+
+const auth = z.strictObject({ jwt: jwtSchema });
+
+const origins = z.array(unit(parseOriginPattern, 'an origin like https://app.example.com or https://*.example.org'));
+
+const route = z.strictObject({
+  path: z.string().startsWith('/', 'expected a path starting with /'),
+  /** false: no authentication on this route; an object: JWT keys merged over the top-level ones. */
+  auth: z.union([z.literal(false), z.strictObject({ jwt: partialJwt })], { error: 'expected false or { jwt: {...} }' }).optional(),
+  origins: origins.optional(),
+  allowNoOrigin: z.boolean().optional(),
 });
+
+export const configSchema = z
+  .strictObject({
+    listen,
+    upstream,
+    trustedProxies: z.array(cidr).default([]),
+    compression: z.enum(['passthrough', 'off'], { error: 'expected passthrough or off' }).default('passthrough'),
+    timeouts,
+    auth: auth.optional(),
+    origins: origins.optional(),
+    allowNoOrigin: z.boolean().default(false),
+    routes: z.array(route).default([]),
+  })
+  .transform((config, ctx) => ({
+    ...config,
+    // Each route's auth is resolved here, once: its JWT keys merged over the top-level ones.
+    routes: config.routes.map((r, i) => {
+      let routeAuth: { jwt: JwtConfig } | undefined = config.auth;
+      if (r.auth === false) routeAuth = undefined;
+      else if (r.auth !== undefined) {
+        const merged = completeJwt(mergeJwt(config.auth?.jwt, r.auth.jwt), ctx, ['routes', i, 'auth', 'jwt']);
+        routeAuth = merged === z.NEVER ? undefined : { jwt: merged };
+      }
+      return { ...r, auth: routeAuth, origins: r.origins ?? config.origins, allowNoOrigin: r.allowNoOrigin ?? config.allowNoOrigin };
+    }),
+  }));
+
+/** A route's JWT keys over the top-level ones; a route that names its own key source replaces the top one. */
+function mergeJwt(top: JwtConfig | undefined, override: PartialJwt): PartialJwt {
+  if (top === undefined) return override;
+  const ownKey = override.secret !== undefined || override.publicKey !== undefined || override.jwksUrl !== undefined;
+  const { secret, publicKey, jwksUrl, ...rest } = top;
+  return { ...rest, ...(ownKey ? {} : { secret, publicKey, jwksUrl }), ...override };
+}
 
 export type GuardConfig = z.output<typeof configSchema>;
 export type ConfigInput = z.input<typeof configSchema>;
+export type RouteConfig = GuardConfig['routes'][number];

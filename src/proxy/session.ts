@@ -15,6 +15,8 @@ export interface SessionOptions {
   /** permessage-deflate was negotiated in the 101. */
   compressed: boolean;
   closeTimeoutMs: number;
+  /** With `expiry: close`: when the connection's token expires (ms since the epoch); it is closed with 4001 then. */
+  expiresAt: number | undefined;
   logger: Logger;
 }
 
@@ -53,6 +55,7 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
   private owesClient = false;
   private owesUpstream = false;
   private closeTimer: NodeJS.Timeout | null = null;
+  private expiryTimer: NodeJS.Timeout | null = null;
   private openSockets = 2;
 
   constructor(options: SessionOptions) {
@@ -79,6 +82,7 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
     this.client.on('end', () => this.onClientEnd());
     this.upstream.on('end', () => this.onUpstreamEnd());
 
+    if (options.expiresAt !== undefined) this.armExpiry(options.expiresAt);
     if (options.upstreamHead.length > 0) this.forward(options.upstreamHead, this.upstream, this.client, this.u2c);
     if (options.clientHead.length > 0) this.forward(options.clientHead, this.client, this.upstream, this.c2u);
   }
@@ -199,6 +203,16 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
     this.close('UPSTREAM_GONE', detail);
   }
 
+  /** setTimeout holds at most 2^31-1 ms (24.8 days); a longer-lived token re-arms until it is due. */
+  private armExpiry(at: number): void {
+    const delay = at - Date.now();
+    if (delay <= 0) {
+      this.close('TOKEN_EXPIRED', 'token expired during the connection');
+      return;
+    }
+    this.expiryTimer = setTimeout(() => this.armExpiry(at), Math.min(delay, 0x7fffffff));
+  }
+
   private armCloseTimer(): void {
     if (this.closeTimer !== null) return;
     this.closeTimer = setTimeout(() => {
@@ -210,6 +224,7 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
 
   private finish(): void {
     if (this.closeTimer !== null) clearTimeout(this.closeTimer);
+    if (this.expiryTimer !== null) clearTimeout(this.expiryTimer);
     const closeCode = this.closedBy === 'guard'
       ? this.guardCloseCode
       : this.closedBy === 'upstream' ? this.u2c.closeCode : this.c2u.closeCode;

@@ -9,7 +9,7 @@ import { upstreamHeaders, withoutHopByHop, type ForwardContext } from './forward
  * Plain HTTP requests go to the upstream and back as streams: neither body is buffered, and a slow
  * reader on one side slows the other through `pipe`.
  */
-export function createHttpPassThrough(config: GuardConfig, logger: Logger) {
+export function createHttpPassThrough(config: GuardConfig, logger: Logger, identityHeaders: ReadonlySet<string>) {
   const agent = new http.Agent({ keepAlive: true, maxFreeSockets: 64 });
 
   return function passThrough(req: IncomingMessage, res: ServerResponse, ctx: ForwardContext): void {
@@ -18,7 +18,7 @@ export function createHttpPassThrough(config: GuardConfig, logger: Logger) {
       port: config.upstream.port,
       method: req.method,
       path: req.url,
-      headers: upstreamHeaders(req.rawHeaders, ctx),
+      headers: upstreamHeaders(req.rawHeaders, ctx, identityHeaders),
       agent,
     });
     const refuse = (err: GuardError) => {

@@ -1,0 +1,191 @@
+import type { IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
+import type { GuardConfig } from '../config/schema.js';
+import { ERRORS, GuardError } from '../errors.js';
+import { closeFrame } from '../frames/close.js';
+import type { Logger } from '../ops/logger.js';
+import { claimHeaders } from '../policies/identity.js';
+import type { Identity } from '../policies/jwt.js';
+import { checkOrigin } from '../policies/origin.js';
+import { BEARER_MARKER, findToken, takeProtocolToken } from '../policies/token.js';
+import { dialUpstream, type DialResult } from '../proxy/dial.js';
+import { Session } from '../proxy/session.js';
+import { type TrustedProxies, upstreamHeaders, withoutHopByHop, type ForwardContext } from './forwarded.js';
+import { acceptFor, checkUpgrade, headerList } from './handshake.js';
+import { writeRefusal } from './reject.js';
+import type { Route } from './routes.js';
+
+export interface UpgradeDeps {
+  config: GuardConfig;
+  logger: Logger;
+  trusted: TrustedProxies;
+  route: (pathname: string) => Route;
+  /** Header names filled from claims: client-sent copies never reach the upstream. */
+  identityHeaders: ReadonlySet<string>;
+  forwardContext: (req: IncomingMessage) => ForwardContext;
+  /** Called with each new session, which the caller tracks. */
+  onSession: (session: Session, meta: { ip: string; path: string; user: string | undefined }) => void;
+}
+
+/** Query parameters that may carry a token: their values never reach a log line. */
+function redactor(config: GuardConfig): (url: string | undefined) => string {
+  const params = new Set(['access_token']);
+  for (const auth of [config.auth, ...config.routes.map((r) => r.auth)]) if (auth) params.add(auth.jwt.queryParam);
+  return (url) => {
+    if (url === undefined || !url.includes('?')) return url ?? '/';
+    const parsed = new URL(url, 'http://x');
+    for (const name of params) if (parsed.searchParams.has(name)) parsed.searchParams.set(name, '[redacted]');
+    return `${parsed.pathname}${parsed.search}`;
+  };
+}
+
+/**
+ * One upgrade, through the checks of design.md §1 in order: a well-formed handshake, its route, the
+ * client address, the Origin, the token; then the dial, and on a valid 101 a Session.
+ */
+export function createUpgradeHandler(deps: UpgradeDeps) {
+  const { config, logger, trusted } = deps;
+  const dropped = new Set(['sec-websocket-extensions', 'sec-websocket-protocol', ...deps.identityHeaders]);
+  const logPath = redactor(config);
+  let nextId = 1;
+
+  const refuse = (socket: Socket, err: GuardError, ip: string, req?: IncomingMessage) => {
+    logger.info({ code: err.code, status: err.status, ip, path: logPath(req?.url), detail: err.message }, 'upgrade refused');
+    writeRefusal(socket, err);
+  };
+
+  async function upgrade(req: IncomingMessage, socket: Socket, head: Buffer, ip: string): Promise<void> {
+    const { key, protocols } = checkUpgrade(req);
+    const route = deps.route(new URL(req.url ?? '/', 'http://x').pathname);
+    checkOrigin(req, route);
+
+    let identity: Identity | undefined;
+    let tokenInProtocol = false;
+    const identityHeaders: string[] = [];
+    if (route.auth !== undefined) {
+      const { jwt, verify } = route.auth;
+      const protocolToken = jwt.tokenSources.includes('protocol') ? takeProtocolToken(protocols) : undefined;
+      tokenInProtocol = protocolToken !== undefined;
+      try {
+        const found = findToken(req, jwt, protocolToken);
+        if (found === undefined) throw new GuardError('TOKEN_MISSING');
+        identity = await verify(found.token);
+        identityHeaders.push(...claimHeaders(identity.claims, jwt.forwardClaims));
+      } catch (err) {
+        if (err instanceof GuardError && jwt.onReject === 'close' && err.closeCode !== undefined) {
+          acceptThenClose(socket, err, key, tokenInProtocol ? BEARER_MARKER : protocols[0], ip, req);
+          return;
+        }
+        throw err;
+      }
+    }
+
+    const headers = upstreamHeaders(req.rawHeaders, deps.forwardContext(req), dropped);
+    // Only permessage-deflate is offered on: the inspector must understand every RSV bit in use (RFC 6455 §5.2).
+    const deflate = config.compression === 'passthrough'
+      ? headerList(req.headers['sec-websocket-extensions']).filter((e) => /^permessage-deflate\s*(;|$)/i.test(e))
+      : [];
+    if (deflate.length > 0) headers.push('Sec-WebSocket-Extensions', deflate.join(', '));
+    if (protocols.length > 0) headers.push('Sec-WebSocket-Protocol', protocols.join(', '));
+    headers.push(...identityHeaders, 'Connection', 'Upgrade', 'Upgrade', 'websocket');
+
+    const aborted = new AbortController();
+    const onGone = () => aborted.abort();
+    socket.once('close', onGone);
+    let result: DialResult;
+    try {
+      result = await dialUpstream({
+        host: config.upstream.host,
+        port: config.upstream.port,
+        path: req.url ?? '/',
+        headers,
+        key,
+        offeredProtocols: protocols,
+        offeredDeflate: deflate.length > 0,
+        connectTimeoutMs: config.timeouts.upstreamConnect,
+        responseTimeoutMs: config.timeouts.upstreamResponse,
+        signal: aborted.signal,
+      });
+    } finally {
+      socket.off('close', onGone);
+    }
+
+    if (result.kind === 'refused') {
+      relayRefusal(socket, result.response);
+      return;
+    }
+    if (socket.destroyed) {
+      result.socket.destroy();
+      return;
+    }
+    const { response } = result;
+    let answer = 'HTTP/1.1 101 Switching Protocols\r\n';
+    for (let i = 0; i < response.rawHeaders.length; i += 2) answer += `${response.rawHeaders[i]}: ${response.rawHeaders[i + 1]}\r\n`;
+    // Browsers fail a handshake whose offer is answered with no protocol: name the marker they offered.
+    if (tokenInProtocol && response.headers['sec-websocket-protocol'] === undefined) answer += `Sec-WebSocket-Protocol: ${BEARER_MARKER}\r\n`;
+    socket.write(`${answer}\r\n`);
+
+    const expiresAt = identity !== undefined && route.auth?.jwt.expiry === 'close' ? identity.expiresAt : undefined;
+    const session = new Session({
+      id: nextId++,
+      client: socket,
+      upstream: result.socket,
+      clientHead: head,
+      upstreamHead: result.head,
+      compressed: result.compressed,
+      closeTimeoutMs: config.timeouts.close,
+      expiresAt,
+      logger,
+    });
+    const sub = identity?.claims.sub;
+    deps.onSession(session, { ip, path: logPath(req.url), user: sub });
+  }
+
+  /**
+   * `onReject: close`: browsers cannot read an HTTP status from a failed WebSocket, only a close code. The
+   * guard answers the handshake itself (the upstream is never dialled), then closes with 4001/4003.
+   */
+  function acceptThenClose(socket: Socket, err: GuardError, key: string, protocol: string | undefined, ip: string, req: IncomingMessage) {
+    logger.info({ code: err.code, closeCode: err.closeCode, ip, path: logPath(req.url), detail: err.message }, 'upgrade refused with a close code');
+    let answer = `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${acceptFor(key)}\r\n`;
+    if (protocol !== undefined) answer += `Sec-WebSocket-Protocol: ${protocol}\r\n`;
+    socket.write(`${answer}\r\n`);
+    socket.end(closeFrame(err.closeCode!, ERRORS[err.code].message, false));
+    // Whatever the client sends now is read and dropped; the timer ends a client that never closes.
+    socket.resume();
+    socket.once('end', () => socket.destroy());
+    setTimeout(() => socket.destroy(), config.timeouts.close).unref();
+  }
+
+  /** The upstream refused the upgrade: relay its answer and close, never a tunnel (design.md §1). */
+  function relayRefusal(socket: Socket, response: IncomingMessage): void {
+    logger.info({ status: response.statusCode }, 'upstream refused the upgrade');
+    if (socket.destroyed) {
+      response.destroy();
+      return;
+    }
+    let head = `HTTP/1.1 ${response.statusCode} ${response.statusMessage ?? ''}\r\n`;
+    const headers = withoutHopByHop(response.rawHeaders);
+    for (let i = 0; i < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
+    socket.once('finish', () => socket.destroy());
+    socket.write(`${head}Connection: close\r\n\r\n`);
+    response.pipe(socket);
+    response.once('error', () => socket.destroy());
+  }
+
+  return {
+    refuse,
+    handle(req: IncomingMessage, socket: Socket, head: Buffer): void {
+      socket.on('error', (err) => logger.debug({ err: err.message }, 'client socket error during handshake'));
+      const ip = trusted.clientAddress(deps.forwardContext(req).peer, req.headers['x-forwarded-for']);
+      upgrade(req, socket, head, ip).catch((err: unknown) => {
+        if (socket.destroyed) logger.debug({ path: logPath(req.url) }, 'client left before the upgrade completed');
+        else if (err instanceof GuardError) refuse(socket, err, ip, req);
+        else {
+          logger.error({ err }, 'upgrade failed');
+          socket.destroy();
+        }
+      });
+    },
+  };
+}
