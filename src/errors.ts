@@ -10,6 +10,7 @@ export const ERRORS = {
   BAD_HTTP_VERSION: { status: 400, message: 'WebSocket upgrade needs HTTP/1.1' },
   BAD_UPGRADE: { status: 400, message: 'Upgrade header must be exactly "websocket"' },
   BAD_KEY: { status: 400, message: 'missing or invalid Sec-WebSocket-Key' },
+  BAD_SUBPROTOCOL: { status: 400, message: 'invalid Sec-WebSocket-Protocol' },
   BAD_VERSION: { status: 426, message: 'unsupported Sec-WebSocket-Version' },
   HANDSHAKE_BODY: { status: 400, message: 'a WebSocket upgrade must not carry a body' },
   BAD_REQUEST: { status: 400, message: 'malformed HTTP request' },

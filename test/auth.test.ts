@@ -199,6 +199,20 @@ describe('routes', () => {
     expect((await closed(ws)).code).toBe(4100);
   });
 
+  it('an encoded or doubled path cannot slip past a route (matched as the upstream will route it)', async () => {
+    const t = tag();
+    const push = await token({ aud: 'push' });
+    expect(await refusal(`${guard.wsUrl}/ws/%70ush?tag=${t}&bytes=0`, ['bearer', await token()])).toMatchObject({ status: 401 });
+    (await open(`${guard.wsUrl}/ws/%70ush?tag=${t}&bytes=0`, ['bearer', push])).close();
+    for (const target of ['/ws%2Fpush', '//ws/push', '/ws/./push', '/ws/x/../push']) {
+      const conn = await rawConnect(guard.port);
+      conn.write(upgradeRequest(`${target}?tag=${t}`, { 'Sec-WebSocket-Protocol': `bearer, ${push}` }));
+      const res = await conn.readHttpResponse();
+      expect([res.status, res.headers['x-ws-guard-error']], target).toEqual([400, 'BAD_REQUEST']);
+      conn.destroy();
+    }
+  });
+
   it('a per-route auth override applies there only', async () => {
     const t = tag();
     const chatToken = await token();

@@ -175,6 +175,13 @@ describe('refused before the upgrade (raw client, real upstream)', () => {
     });
   });
 
+  it('an invalid Sec-WebSocket-Protocol entry → 400 BAD_SUBPROTOCOL', async () => {
+    const t = tag('bad-proto');
+    await expectRefusal(upgradeRequest(`/ws/echo?tag=${t}`, { 'Sec-WebSocket-Protocol': 'chat, bad{token}' }), {
+      status: 400, code: 'BAD_SUBPROTOCOL', tag: t,
+    });
+  });
+
   it('no Host header → 400 BAD_REQUEST', async () => {
     const t = tag('no-host');
     await expectRefusal(upgradeRequest(`/ws/echo?tag=${t}`, undefined, { omit: ['Host'] }), {
@@ -368,6 +375,9 @@ function fakeAnswer(req: FakeRequest): void {
       break;
     case '/silent':
       break;
+    case '/endless-403': // a refusal whose body never ends
+      socket.write('HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\n\r\nnot you');
+      break;
     default:
       socket.end('HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
   }
@@ -518,6 +528,39 @@ describe('hostile upstreams (fake upstream)', () => {
     }
   });
 
+  it('a relayed refusal whose body never ends: the client leaving ends the upstream leg too', async () => {
+    const t = tag('endless');
+    const conn = await connect(viaFake.port);
+    conn.write(upgradeRequest(`/endless-403?tag=${t}`));
+    const res = await conn.readHttpResponse();
+    expect(res.status).toBe(403);
+    expect(res.headers.connection).toBe('close');
+    const req = await fake.request(t);
+    conn.destroy();
+    await req.closed;
+  });
+
+  it('guard.close() ends a relay still in flight', async () => {
+    const g = await startTestGuard({ upstream: fake.url });
+    const t = tag('endless-close');
+    const conn = await connect(g.port);
+    conn.write(upgradeRequest(`/endless-403?tag=${t}`));
+    expect((await conn.readHttpResponse()).status).toBe(403);
+    await g.close();
+    await conn.waitClosed();
+    await (await fake.request(t)).closed;
+  });
+
+  it('a Connection header naming Sec-WebSocket-Key cannot strip it from the upstream handshake', async () => {
+    const t = tag('conn-key');
+    const conn = await connect(viaFake.port);
+    conn.write(upgradeRequest(`/ok?tag=${t}`, { Connection: 'Upgrade, Sec-WebSocket-Key, Sec-WebSocket-Version' }));
+    expect((await conn.readHttpResponse()).status).toBe(101);
+    const req = await fake.request(t);
+    expect(req.headers['sec-websocket-key']).toMatch(/^[A-Za-z0-9+/]{22}==$/);
+    expect(req.headers['sec-websocket-version']).toBe('13');
+  });
+
   it('upstream port closed → 502 UPSTREAM_UNREACHABLE', async () => {
     const down = await startTestGuard({ upstream: `http://127.0.0.1:${await closedPort()}` });
     try {
@@ -573,6 +616,8 @@ const violations: [string, () => Buffer][] = [
     frame({ opcode: Op.TEXT, payload: 'intruder' }),
   ])],
   ['a 64-bit length with the top bit set', () => frame({ opcode: Op.BINARY, lengthForm: '64', rawLength: 1n << 63n, payload: 'huge' })],
+  ['a 16-bit length for a 5-byte payload', () => frame({ opcode: Op.TEXT, lengthForm: '16', payload: 'short' })],
+  ['a 64-bit length for a 5-byte payload', () => frame({ opcode: Op.TEXT, lengthForm: '64', payload: 'short' })],
   ['a close frame with a 1-byte body', () => frame({ opcode: Op.CLOSE, payload: Buffer.from([0x03]) })],
 ];
 

@@ -130,6 +130,8 @@ describe('FrameInspector: violations close with 1002 and nothing from the bad fr
     ['a close frame with a 1-byte body (§5.5.1)', CLIENT, masked(0x88, 'x')],
     ['a 64-bit length with the top bit set (§5.2)', SERVER, hex('82 7f 8000000000000001 00')],
     ['a frame longer than 2^53', SERVER, hex('82 7f 0020000000000000 00'), 'MESSAGE_TOO_BIG'],
+    ['a 16-bit length for a 5-byte payload (§5.2)', SERVER, hex('81 7e 0005 48656c6c6f')],
+    ['a 64-bit length for a 65535-byte payload (§5.2)', SERVER, hex('82 7f 000000000000ffff')],
   ];
 
   for (const [name, options, bad, code = 'PROTOCOL_VIOLATION'] of cases) {

@@ -171,14 +171,17 @@ export class FrameInspector {
 
     let payloadLength = b1 & 0x7f;
     let maskAt = at + 2;
+    // §5.2: "the minimal number of bytes MUST be used to encode the length".
     if (payloadLength === 126) {
       payloadLength = buf.readUInt16BE(at + 2);
+      if (payloadLength < 126) return this.fail('PROTOCOL_VIOLATION', '16-bit length not minimally encoded');
       maskAt = at + 4;
     } else if (payloadLength === 127) {
       const high = buf.readUInt32BE(at + 2);
       if (high & 0x80000000) return this.fail('PROTOCOL_VIOLATION', '64-bit length with the most significant bit set');
       if (high >= MAX_SAFE_HIGH_WORD) return this.fail('MESSAGE_TOO_BIG', 'frame length beyond 2^53');
       payloadLength = high * 0x100000000 + buf.readUInt32BE(at + 6);
+      if (payloadLength <= 0xffff) return this.fail('PROTOCOL_VIOLATION', '64-bit length not minimally encoded');
       maskAt = at + 10;
     }
     if (this.masked && opcode === OP_CLOSE) {

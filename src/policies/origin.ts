@@ -1,5 +1,6 @@
 import type { IncomingMessage } from 'node:http';
 import { GuardError } from '../errors.js';
+import { headerCount } from '../server/handshake.js';
 
 /** One allowlist entry: an exact origin, or every subdomain of a domain (`https://*.example.org`). */
 export interface OriginPattern {
@@ -45,8 +46,7 @@ export interface OriginPolicyConfig {
  */
 export function checkOrigin(req: IncomingMessage, config: OriginPolicyConfig): void {
   if (config.origins === undefined) return;
-  const copies = req.rawHeaders.filter((_, i) => i % 2 === 0 && req.rawHeaders[i]!.toLowerCase() === 'origin').length;
-  if (copies > 1) throw new GuardError('ORIGIN_DENIED', 'more than one Origin header');
+  if (headerCount(req, 'origin') > 1) throw new GuardError('ORIGIN_DENIED', 'more than one Origin header');
   const value = req.headers.origin;
   if (value === undefined) {
     if (config.allowNoOrigin) return;

@@ -1,6 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import { GuardError } from '../errors.js';
 import type { JwtConfig } from '../config/schema.js';
+import { headerCount } from '../server/handshake.js';
 
 /** The subprotocol marker: `new WebSocket(url, ["bearer", token])` (design.md §3). */
 export const BEARER_MARKER = 'bearer';
@@ -19,12 +20,6 @@ export function takeProtocolToken(protocols: string[]): string | undefined {
   if (at === -1) return undefined;
   const [, token] = protocols.splice(at, 2);
   return token ?? '';
-}
-
-function headerCount(req: IncomingMessage, name: string): number {
-  let n = 0;
-  for (let i = 0; i < req.rawHeaders.length; i += 2) if (req.rawHeaders[i]!.toLowerCase() === name) n++;
-  return n;
 }
 
 function cookieValue(header: string | undefined, name: string): string | undefined {

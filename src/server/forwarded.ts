@@ -7,6 +7,9 @@ const HOP_BY_HOP = new Set([
   'te', 'trailer', 'transfer-encoding', 'upgrade',
 ]);
 
+/** End-to-end handshake headers: a Connection header naming them cannot make them hop-by-hop. */
+const PROTECTED = new Set(['host', 'sec-websocket-key', 'sec-websocket-version']);
+
 /** Headers that say who the client is; believed only from a trusted proxy, rebuilt otherwise. */
 const FORWARDING = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded']);
 
@@ -61,7 +64,10 @@ export function withoutHopByHop(rawHeaders: string[], drop: ReadonlySet<string> 
   const named = new Set<string>();
   for (let i = 0; i < rawHeaders.length; i += 2) {
     if (rawHeaders[i]!.toLowerCase() === 'connection') {
-      for (const token of rawHeaders[i + 1]!.split(',')) named.add(token.trim().toLowerCase());
+      for (const token of rawHeaders[i + 1]!.split(',')) {
+        const name = token.trim().toLowerCase();
+        if (!PROTECTED.has(name)) named.add(name);
+      }
     }
   }
   const out: string[] = [];

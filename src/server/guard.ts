@@ -109,6 +109,7 @@ export async function startGuard(config: GuardConfig, logger: Logger): Promise<G
       for (const session of sessions) session.close('SHUTTING_DOWN', 'drain');
       const deadline = setTimeout(() => {
         for (const session of sessions) session.destroy();
+        upgrades.destroyPending();
         server.closeAllConnections();
       }, config.timeouts.drain);
       await closed;
@@ -117,6 +118,7 @@ export async function startGuard(config: GuardConfig, logger: Logger): Promise<G
     async close() {
       const closed = stopListening();
       for (const session of sessions) session.destroy();
+      upgrades.destroyPending();
       server.closeAllConnections();
       await closed;
     },

@@ -18,6 +18,13 @@ export interface UpgradeRequest {
   protocols: string[];
 }
 
+/** How many header lines named `name` (lower case) the request had; `req.headers` hides repeats. */
+export function headerCount(req: IncomingMessage, name: string): number {
+  let n = 0;
+  for (let i = 0; i < req.rawHeaders.length; i += 2) if (req.rawHeaders[i]!.toLowerCase() === name) n++;
+  return n;
+}
+
 /** Splits a comma-separated header list (all copies of it) into trimmed, non-empty entries. */
 export function headerList(value: string | string[] | undefined): string[] {
   if (value === undefined) return [];
@@ -50,10 +57,9 @@ export function checkUpgrade(req: IncomingMessage): UpgradeRequest {
   // RFC 6455 §4.1 (item 4) and §4.2.1 (item 2): exactly one Host. Node keeps only the first of several in
   // req.headers while rawHeaders, which are forwarded, keep them all: the upstream could then pick another
   // host than the one the guard saw and sent as X-Forwarded-Host. So the lines are counted.
-  let hosts = 0;
-  for (let i = 0; i < req.rawHeaders.length; i += 2) if (req.rawHeaders[i]!.toLowerCase() === 'host') hosts++;
+  const hosts = headerCount(req, 'host');
   if (hosts !== 1) throw new GuardError('BAD_REQUEST', hosts === 0 ? 'no Host header' : `${hosts} Host headers`);
   const protocols = headerList(req.headers['sec-websocket-protocol']);
-  if (protocols.some((p) => !TOKEN.test(p))) throw new GuardError('BAD_UPGRADE', 'invalid Sec-WebSocket-Protocol');
+  if (protocols.some((p) => !TOKEN.test(p))) throw new GuardError('BAD_SUBPROTOCOL');
   return { key: key.trim(), protocols };
 }

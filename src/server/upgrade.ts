@@ -40,6 +40,24 @@ function redactor(config: GuardConfig): (url: string | undefined) => string {
 }
 
 /**
+ * The path routes are matched on, as the upstream will see it: percent-decoded, since servers such as
+ * uvicorn decode before routing (else `/ws/%65cho` would slip past a route for `/ws/echo`). Targets that
+ * servers read in different ways (encoded slashes, `//`, dot segments) are refused: null.
+ */
+export function routingPath(url: string): string | null {
+  const raw = url.split('?', 1)[0]!;
+  if (!raw.startsWith('/') || raw.includes('//') || /%2f|%5c|\\/i.test(raw)) return null;
+  let decoded: string;
+  try {
+    decoded = decodeURIComponent(raw);
+  } catch {
+    return null;
+  }
+  if (decoded.includes('//') || decoded.split('/').some((s) => s === '.' || s === '..')) return null;
+  return decoded;
+}
+
+/**
  * One upgrade, through the checks of design.md §1 in order: a well-formed handshake, its route, the
  * client address, the Origin, the token; then the dial, and on a valid 101 a Session.
  */
@@ -56,7 +74,9 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
 
   async function upgrade(req: IncomingMessage, socket: Socket, head: Buffer, ip: string): Promise<void> {
     const { key, protocols } = checkUpgrade(req);
-    const route = deps.route(new URL(req.url ?? '/', 'http://x').pathname);
+    const pathname = routingPath(req.url ?? '/');
+    if (pathname === null) throw new GuardError('BAD_REQUEST', 'ambiguous request target');
+    const route = deps.route(pathname);
     checkOrigin(req, route);
 
     let identity: Identity | undefined;
@@ -137,8 +157,8 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
       expiresAt,
       logger,
     });
-    const sub = identity?.claims.sub;
-    deps.onSession(session, { ip, path: logPath(req.url), user: sub });
+    pending.delete(socket);
+    deps.onSession(session, { ip, path: logPath(req.url), user: identity?.claims.sub });
   }
 
   /**
@@ -168,14 +188,26 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
     const headers = withoutHopByHop(response.rawHeaders);
     for (let i = 0; i < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
     socket.once('finish', () => socket.destroy());
+    // Reading the client is how its departure is noticed: then the upstream's answer is dropped too.
+    socket.resume();
+    socket.once('end', () => socket.destroy());
+    socket.once('close', () => response.destroy());
     socket.write(`${head}Connection: close\r\n\r\n`);
     response.pipe(socket);
     response.once('error', () => socket.destroy());
   }
 
+  /** Sockets between the upgrade event and their session (or refusal): the listener's shutdown ends them. */
+  const pending = new Set<Socket>();
+
   return {
     refuse,
+    destroyPending(): void {
+      for (const socket of pending) socket.destroy();
+    },
     handle(req: IncomingMessage, socket: Socket, head: Buffer): void {
+      pending.add(socket);
+      socket.once('close', () => pending.delete(socket));
       socket.on('error', (err) => logger.debug({ err: err.message }, 'client socket error during handshake'));
       const ip = trusted.clientAddress(deps.forwardContext(req).peer, req.headers['x-forwarded-for']);
       upgrade(req, socket, head, ip).catch((err: unknown) => {
