@@ -4,6 +4,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { jwtVerify } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { until } from './helpers/guard.js';
@@ -20,8 +21,10 @@ beforeAll(() => {
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
+const JWT_SECRET = 'cli-test-secret-long-enough-for-hs256-0123456789';
+
 function cli(...args: string[]) {
-  return spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 20_000 });
+  return spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 20_000, env: { ...process.env, JWT_SECRET } });
 }
 
 function file(name: string, text: string): string {
@@ -47,11 +50,21 @@ describe('ws-guard CLI', () => {
     expect(help.stdout).toMatch(/check/);
   });
 
-  it('check: a valid file exits 0 and prints the effective config', () => {
+  it('check: a valid file exits 0 and prints the effective config with secrets masked', () => {
     const result = cli('check', join(root, 'config/guard.example.yaml'));
     expect(result.status).toBe(0);
     expect(result.stdout).toMatch(/valid/);
     expect(result.stdout).toMatch(/handshake: 10000/);
+    expect(result.stdout).toMatch(/secret: "\*{8}"/);
+    expect(result.stdout).not.toContain(JWT_SECRET);
+  });
+
+  it('token: mints a token signed with the configured secret', async () => {
+    const result = cli('token', '--config', join(root, 'config/guard.example.yaml'), '--sub', 'alice', '--ttl', '10m');
+    expect(result.status).toBe(0);
+    const { payload } = await jwtVerify(result.stdout.trim(), new TextEncoder().encode(JWT_SECRET), { algorithms: ['HS256'] });
+    expect(payload.sub).toBe('alice');
+    expect(payload.exp! - payload.iat!).toBe(600);
   });
 
   it('check: an invalid file exits 1 and names every bad key', () => {
@@ -111,11 +124,17 @@ describe('ws-guard CLI', () => {
     try {
       await until(() => err.includes('stop with Ctrl-C'), 10_000, 'the demo to start');
       expect(err).toContain(`ws://127.0.0.1:${port}/`);
-      const ws = new WebSocket(`ws://127.0.0.1:${port}/`);
+      const token = /'bearer','([^']+)'/.exec(err)?.[1];
+      expect(token).toBeDefined();
+      const ws = new WebSocket(`ws://127.0.0.1:${port}/`, ['bearer', token!]);
       await new Promise((resolve, reject) => ws.once('open', resolve).once('error', reject));
       ws.send('hello demo');
       expect(await new Promise<string>((resolve) => ws.once('message', (d) => resolve(String(d))))).toBe('hello demo');
       ws.close();
+      const refused = new WebSocket(`ws://127.0.0.1:${port}/`);
+      const status = await new Promise<number>((resolve) => refused.once('unexpected-response', (_q, r) => resolve(r.statusCode!)));
+      expect(status).toBe(401);
+      refused.on('error', () => {});
       const res = await fetch(`http://127.0.0.1:${port}/hello`);
       expect(res.status).toBe(200);
       const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));

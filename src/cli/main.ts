@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
@@ -6,7 +7,9 @@ import { ConfigError, loadConfigFile, parseConfig, readConfigTree } from '../con
 import type { GuardConfig } from '../config/schema.js';
 import { createLogger } from '../ops/logger.js';
 import { startGuard } from '../server/guard.js';
+import { parseDuration } from '../config/units.js';
 import { startEchoUpstream } from './echo-upstream.js';
+import { mintToken, printable } from './token.js';
 
 const root = new URL('../../', import.meta.url);
 const pkg = JSON.parse(readFileSync(new URL('package.json', root), 'utf8')) as { version: string };
@@ -37,6 +40,7 @@ async function run(config: GuardConfig, onStop?: () => Promise<void>): Promise<v
 const program = new Command('ws-guard')
   .description('WebSocket guard: authenticates upgrades and inspects every frame on its way to the upstream')
   .version(pkg.version)
+  .enablePositionalOptions()
   .addOption(new Option('-c, --config <file>', 'YAML config file (see config/guard.example.yaml)'))
   .action(async (options: { config?: string }) => {
     if (!options.config) program.help({ error: true });
@@ -49,7 +53,28 @@ program
   .argument('<file>', 'YAML config file')
   .action((file: string) => {
     const config = configOrExit(() => loadConfigFile(file));
-    process.stdout.write(`# ${file}: valid\n${stringify(config)}`);
+    process.stdout.write(`# ${file}: valid (durations in ms, sizes in bytes, secrets masked)\n${stringify(printable(config))}`);
+  });
+
+program
+  .command('token')
+  .description('mint a development token from the configured secret (auth.jwt.secret)')
+  .requiredOption('-c, --config <file>', 'YAML config file')
+  .option('--sub <subject>', 'the sub claim', 'dev')
+  .option('--ttl <duration>', 'lifetime, like 10m or 24h', '10m')
+  .action(async (options: { config: string; sub: string; ttl: string }) => {
+    const config = configOrExit(() => loadConfigFile(options.config));
+    const ttlMs = parseDuration(options.ttl);
+    if (config.auth === undefined || ttlMs === undefined) {
+      process.stderr.write(`ws-guard: ${config.auth === undefined ? 'auth.jwt is not configured' : `--ttl: expected a duration, got "${options.ttl}"`}\n`);
+      process.exit(1);
+    }
+    try {
+      process.stdout.write(`${await mintToken(config.auth.jwt, { sub: options.sub, ttlMs })}\n`);
+    } catch (err) {
+      process.stderr.write(`ws-guard: ${(err as Error).message}\n`);
+      process.exit(1);
+    }
   });
 
 program
@@ -58,16 +83,24 @@ program
   .option('--listen <host:port>', 'where the guard listens', '127.0.0.1:8080')
   .action(async (options: { listen: string }) => {
     const echo = await startEchoUpstream();
+    // The example config reads its secret from JWT_SECRET; the demo makes up one for this run only.
+    const env = { ...process.env, JWT_SECRET: process.env.JWT_SECRET ?? randomBytes(32).toString('hex') };
     const example = readConfigTree(EXAMPLE_CONFIG) as Record<string, unknown>;
     const config = configOrExit(() =>
-      parseConfig({ ...example, listen: options.listen, upstream: `http://127.0.0.1:${echo.port}` }),
+      parseConfig({ ...example, listen: options.listen, upstream: `http://127.0.0.1:${echo.port}` }, env),
     );
     await run(config, () => echo.close());
-    const url = `ws://${options.listen}/`;
+    const token = await mintToken(config.auth!.jwt, { sub: 'demo-user', ttlMs: 3_600_000 });
+    const base = `ws://${options.listen}`;
+    const client = (url: string, protocols: string) =>
+      `node -e "const ws=new (require('ws'))('${url}'${protocols});ws.on('open',()=>ws.send('hello'));` +
+      `ws.on('message',m=>{console.log(String(m));ws.close()});ws.on('unexpected-response',(q,r)=>console.log('refused:',r.statusCode))"`;
     process.stderr.write(
       `\nws-guard demo: guarding a built-in echo app at http://127.0.0.1:${echo.port}\n` +
-        `  WebSocket: ${url}\n` +
-        `  try:  node -e "const ws=new (require('ws'))('${url}');ws.on('open',()=>ws.send('hello'));ws.on('message',m=>{console.log(String(m));ws.close()})"\n` +
+        `  WebSocket: ${base}/ (a JWT is required; this one is valid for an hour)\n` +
+        `  try:  ${client(`${base}/`, `,['bearer','${token}']`)}\n` +
+        `  no token, refused with 401:  ${client(`${base}/`, '')}\n` +
+        `  route without auth:  ${client(`${base}/public`, '')}\n` +
         `  HTTP:  curl http://${options.listen}/hello\n` +
         `  stop with Ctrl-C\n\n`,
     );

@@ -74,7 +74,9 @@ describe('config', () => {
   });
 
   it('the example config is valid', () => {
-    const config = loadConfigFile(new URL('../../config/guard.example.yaml', import.meta.url).pathname, {});
+    const file = new URL('../../config/guard.example.yaml', import.meta.url).pathname;
+    const config = loadConfigFile(file, { JWT_SECRET: 'x'.repeat(32) });
     expect(config.upstream.origin).toBe('http://127.0.0.1:8000');
+    expect(() => loadConfigFile(file, {})).toThrow(/auth\.jwt\.secret: environment variable JWT_SECRET is not set/);
   });
 });
