@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import { z } from 'zod';
 import { parseOriginPattern } from '../policies/origin.js';
-import { parseDuration, parseSize } from './units.js';
+import { parseDuration, parseRate, parseSize } from './units.js';
 
 /**
  * The config schema (design.md §3). Every object is strict, so a misspelt key is an error instead of a
@@ -192,12 +192,70 @@ const auth = z.strictObject({ jwt: jwtSchema });
 
 const origins = z.array(unit(parseOriginPattern, 'an origin like https://app.example.com or https://*.example.org'));
 
+const positive = z.number({ error: 'expected a positive whole number' }).int().positive();
+const rate = unit(parseRate, 'a rate like 10/minute or 20/s');
+const size = unit(parseSize, 'a size like 64KiB or 1MiB');
+
+const limitsShape = z.strictObject({
+  connections: z
+    .strictObject({
+      total: positive.optional(),
+      perIp: positive.optional(),
+      perUser: positive.optional(),
+      warnAt: z.number({ error: 'expected a fraction like 0.9' }).gt(0).max(1).optional(),
+    })
+    .optional(),
+  handshakes: z.strictObject({ rate, burst: positive.optional() }).optional(),
+  messages: z
+    .strictObject({
+      rate,
+      burst: positive.optional(),
+      per: z.enum(['connection', 'user', 'ip'], { error: 'expected connection, user or ip' }).optional(),
+      onExceed: z.enum(['close', 'throttle'], { error: 'expected close or throttle' }).optional(),
+    })
+    .optional(),
+  messageSize: size.optional(),
+  maxFragments: positive.optional(),
+  idleTimeout: duration.optional(),
+  maxLifetime: duration.optional(),
+});
+type PartialLimits = z.output<typeof limitsShape>;
+
+/** A route's limits over the top-level ones, each group (connections, handshakes, messages) merged key by key. */
+function mergeLimits(top: PartialLimits | undefined, own: PartialLimits | undefined): PartialLimits {
+  const merged: PartialLimits = { ...top, ...own };
+  for (const group of ['connections', 'handshakes', 'messages'] as const) {
+    if (top?.[group] && own?.[group]) (merged as Record<string, unknown>)[group] = { ...top[group], ...own[group] };
+  }
+  return merged;
+}
+
+/** Fills the defaults: a burst of one period's count, 90% warning, 1024 fragments per message. */
+function completeLimits(limits: PartialLimits) {
+  const { connections, handshakes, messages } = limits;
+  return {
+    ...limits,
+    connections: connections && { ...connections, warnAt: connections.warnAt ?? 0.9 },
+    handshakes: handshakes && { ...handshakes, burst: handshakes.burst ?? Math.max(1, Math.ceil(handshakes.rate.count)) },
+    messages: messages && {
+      ...messages,
+      burst: messages.burst ?? Math.max(1, Math.ceil(messages.rate.count)),
+      per: messages.per ?? ('connection' as const),
+      onExceed: messages.onExceed ?? ('close' as const),
+    },
+    maxFragments: limits.maxFragments ?? 1024,
+  };
+}
+export type LimitsConfig = ReturnType<typeof completeLimits>;
+
 const route = z.strictObject({
   path: z.string().startsWith('/', 'expected a path starting with /'),
   /** false: no authentication on this route; an object: JWT keys merged over the top-level ones. */
   auth: z.union([z.literal(false), z.strictObject({ jwt: partialJwt })], { error: 'expected false or { jwt: {...} }' }).optional(),
   origins: origins.optional(),
   allowNoOrigin: z.boolean().optional(),
+  /** Merged over the top-level limits; a route's own `connections` is a pool of its own (see docs/limits.md). */
+  limits: limitsShape.optional(),
 });
 
 export const configSchema = z
@@ -211,9 +269,11 @@ export const configSchema = z
     origins: origins.optional(),
     allowNoOrigin: z.boolean().default(false),
     routes: z.array(route).default([]),
+    limits: limitsShape.optional(),
   })
   .transform((config, ctx) => ({
     ...config,
+    limits: completeLimits(config.limits ?? {}),
     // Each route's auth is resolved here, once: its JWT keys merged over the top-level ones.
     routes: config.routes.map((r, i) => {
       let routeAuth: { jwt: JwtConfig } | undefined = config.auth;
@@ -222,7 +282,15 @@ export const configSchema = z
         const merged = completeJwt(mergeJwt(config.auth?.jwt, r.auth.jwt), ctx, ['routes', i, 'auth', 'jwt']);
         routeAuth = merged === z.NEVER ? undefined : { jwt: merged };
       }
-      return { ...r, auth: routeAuth, origins: r.origins ?? config.origins, allowNoOrigin: r.allowNoOrigin ?? config.allowNoOrigin };
+      return {
+        ...r,
+        auth: routeAuth,
+        origins: r.origins ?? config.origins,
+        allowNoOrigin: r.allowNoOrigin ?? config.allowNoOrigin,
+        limits: completeLimits(mergeLimits(config.limits, r.limits)),
+        /** Whether this route counts its connections in a pool of its own, besides the global one. */
+        ownConnectionPool: r.limits?.connections !== undefined,
+      };
     }),
   }));
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { FrameInspector, type InspectorOptions } from './inspector.js';
+import { FrameInspector, MESSAGE_OK, MESSAGE_REFUSE, type InspectorOptions } from './inspector.js';
 
 const hex = (text: string) => Buffer.from(text.replace(/\s+/g, ''), 'hex');
 
@@ -187,5 +187,70 @@ describe('FrameInspector: stopping at a frame boundary', () => {
     const rest = Buffer.concat([BINARY_256.subarray(100), HELLO]);
     expect(inspector.feed(rest)).toBe(BINARY_256.length - 100);
     expect(inspector.stopped).toBe(true);
+  });
+});
+
+describe('FrameInspector: message limits, checked from the header before anything is forwarded', () => {
+  const three = Buffer.concat([masked(0x81, 'one'), masked(0x89, 'ping'), masked(0x81, 'two'), masked(0x81, 'three')]);
+
+  it('counts a message once at its first frame, never control frames, and refuses one over the rate', () => {
+    let allowed = 2;
+    const limits = { maxMessageBytes: Infinity, maxFragments: Infinity, onMessageStart: () => (allowed-- > 0 ? MESSAGE_OK : MESSAGE_REFUSE) };
+    for (const [how, chunks] of splits(three)) {
+      allowed = 2;
+      const inspector = new FrameInspector({ ...CLIENT, limits });
+      const out: Buffer[] = [];
+      for (const chunk of chunks) {
+        const n = inspector.feed(chunk);
+        if (inspector.released) out.push(inspector.released);
+        out.push(chunk.subarray(0, n));
+      }
+      expect(inspector.error, how).toBe('MESSAGE_RATE');
+      expect(Buffer.concat(out).equals(three.subarray(0, three.length - masked(0x81, 'three').length)), how).toBe(true);
+    }
+  });
+
+  it('throttle: stops in front of the message and forwards everything once fed again', () => {
+    for (const [how, chunks] of splits(three)) {
+      let tokens = 1;
+      const inspector = new FrameInspector({
+        ...CLIENT,
+        limits: { maxMessageBytes: Infinity, maxFragments: Infinity, onMessageStart: () => (tokens-- > 0 ? MESSAGE_OK : 25) },
+      });
+      const out: Buffer[] = [];
+      let waits = 0;
+      for (let chunk of chunks) {
+        for (;;) {
+          const n = inspector.feed(chunk);
+          if (inspector.released) out.push(inspector.released);
+          out.push(chunk.subarray(0, n));
+          if (inspector.waitMs === 0) break;
+          expect(inspector.waitMs).toBe(25);
+          inspector.waitMs = 0;
+          waits++;
+          tokens = 1;
+          chunk = chunk.subarray(n);
+        }
+      }
+      expect(Buffer.concat(out).equals(three), how).toBe(true);
+      expect(inspector.messages, how).toBe(3);
+      expect(waits, how).toBe(2);
+    }
+  });
+
+  it('sums the size over fragments and refuses the frame that goes over, from its header', () => {
+    const first = masked(0x01, 'abcd');
+    const second = masked(0x00, 'efgh');
+    const stream = Buffer.concat([first, second, masked(0x80, 'ij')]);
+    const limits = { maxMessageBytes: 9, maxFragments: Infinity, onMessageStart: null };
+    expectEverySplit({ ...CLIENT, limits }, stream, { forwarded: Buffer.concat([first, second]), error: 'MESSAGE_TOO_BIG' });
+    const ok = Buffer.concat([first, second, masked(0x80, 'i'), masked(0x81, '123456789')]);
+    expectEverySplit({ ...CLIENT, limits }, ok, { forwarded: ok });
+  });
+
+  it('caps the fragments of one message', () => {
+    const frags = [masked(0x01, 'a'), masked(0x00, 'b'), masked(0x00, 'c'), masked(0x80, 'd')];
+    const limits = { maxMessageBytes: Infinity, maxFragments: 3, onMessageStart: null };
+    expectEverySplit({ ...CLIENT, limits }, Buffer.concat(frags), { forwarded: Buffer.concat(frags.slice(0, 3)), error: 'TOO_MANY_FRAGMENTS' });
   });
 });

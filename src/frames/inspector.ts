@@ -18,11 +18,39 @@ const S_STOPPED = 3;
 /** 2^53: lengths at or above it cannot be held exactly in a JS number; no real message is that big. */
 const MAX_SAFE_HIGH_WORD = 0x200000;
 
+/** Allow the message: `onMessageStart`'s answer when a token was available. */
+export const MESSAGE_OK = 0;
+/** Refuse the message and close (rate exceeded with `onExceed: close`). */
+export const MESSAGE_REFUSE = -1;
+
+export interface MessageLimits {
+  /** Payload bytes per message, summed over its fragments. */
+  maxMessageBytes: number;
+  maxFragments: number;
+  /**
+   * Asked once per data message, when its first frame header is complete and before any of it is
+   * forwarded: MESSAGE_OK, MESSAGE_REFUSE, or a wait in ms (throttle: the inspector stops in front of the
+   * frame and the caller feeds the rest again later). Synchronous and allocation-free by contract.
+   */
+  onMessageStart: (() => number) | null;
+}
+
 export interface InspectorOptions {
   /** Frames must be masked (client → server) or must not be (server → client), RFC 6455 §5.1. */
   masked: boolean;
   /** permessage-deflate was negotiated in the 101, so RSV1 may mark a compressed message (RFC 7692 §6). */
   compressed: boolean;
+  limits?: MessageLimits;
+}
+
+const NO_LIMITS: MessageLimits = { maxMessageBytes: Infinity, maxFragments: Infinity, onMessageStart: null };
+
+/**
+ * A compressed message may be this much bigger than its inflated size: deflate's stored blocks add 5 bytes
+ * per 64 KiB (RFC 1951 §3.2.4), plus the final block; anything larger certainly inflates past the limit.
+ */
+function compressedAllowance(limit: number): number {
+  return limit + Math.ceil(limit / 65535) * 5 + 16;
 }
 
 /**
@@ -44,12 +72,20 @@ export class FrameInspector {
   closeSeen = false;
   /** The status code of that close frame, 1005 when it had none (RFC 6455 §7.1.5). */
   closeCode = 1005;
-  /** Data messages started and bytes accepted, for accounting. */
+  /** After `feed` stopped in front of a message to throttle it: ms to wait before feeding the rest. */
+  waitMs = 0;
+  /** Data messages started, data frames, and bytes accepted, for accounting and the idle timeout. */
   messages = 0;
+  dataFrames = 0;
   bytes = 0;
 
   private readonly masked: boolean;
   private readonly compressed: boolean;
+  private readonly limits: MessageLimits;
+  /** The current message: payload bytes so far, fragments so far, and whether it is compressed. */
+  private messageBytes = 0;
+  private fragments = 0;
+  private messageCompressed = false;
   private state = S_HEADER;
   /** Allocated on the first header that straddles chunks; most connections never need it. */
   private header: Buffer | null = null;
@@ -66,6 +102,7 @@ export class FrameInspector {
   constructor(options: InspectorOptions) {
     this.masked = options.masked;
     this.compressed = options.compressed;
+    this.limits = options.limits ?? NO_LIMITS;
   }
 
   /** No frame is half forwarded: a frame inserted now lands on a boundary. */
@@ -122,7 +159,11 @@ export class FrameInspector {
       if (this.headerLength < size) return start;
       // The header straddled chunks: what was held from earlier chunks goes out in front of this one.
       this.headerLength = 0;
-      if (!this.startFrame(header, 0)) return start;
+      if (!this.startFrame(header, 0)) {
+        // A throttled frame is fed again later: its bytes from this chunk will be collected once more.
+        if (this.waitMs > 0) this.headerLength = held;
+        return start;
+      }
       if (held > 0) this.released = Buffer.from(header.subarray(0, held));
       this.bytes += size;
       if (this.remaining === 0 && this.endFrame()) return pos;
@@ -189,14 +230,43 @@ export class FrameInspector {
       this.mask1 = buf[maskAt + 1]!;
     }
 
+    if (!control && !this.checkMessage(opcode, payloadLength, (b0 & 0x40) !== 0)) return false;
     if (!control) {
       if (opcode !== OP_CONTINUATION) this.messages++;
+      this.dataFrames++;
       this.inMessage = !fin;
     }
     this.opcode = opcode;
     this.remaining = payloadLength;
     this.payloadOffset = 0;
     this.state = S_PAYLOAD;
+    return true;
+  }
+
+  /**
+   * The message limits, checked from the header before any payload is forwarded: the start of a message
+   * asks `onMessageStart`, every frame adds to the size and fragment count (RFC 6455 §5.4: a message is
+   * the sum of its fragments).
+   */
+  private checkMessage(opcode: number, payloadLength: number, rsv1: boolean): boolean {
+    const limits = this.limits;
+    if (opcode !== OP_CONTINUATION) {
+      if (limits.onMessageStart !== null) {
+        const verdict = limits.onMessageStart();
+        if (verdict === MESSAGE_REFUSE) return this.fail('MESSAGE_RATE', 'message rate exceeded');
+        if (verdict > 0) {
+          this.waitMs = verdict;
+          return false;
+        }
+      }
+      this.messageBytes = 0;
+      this.fragments = 0;
+      this.messageCompressed = rsv1;
+    }
+    this.messageBytes += payloadLength;
+    if (++this.fragments > limits.maxFragments) return this.fail('TOO_MANY_FRAGMENTS', `more than ${limits.maxFragments} fragments`);
+    const cap = this.messageCompressed ? compressedAllowance(limits.maxMessageBytes) : limits.maxMessageBytes;
+    if (this.messageBytes > cap) return this.fail('MESSAGE_TOO_BIG', `message longer than ${limits.maxMessageBytes} bytes`);
     return true;
   }
 

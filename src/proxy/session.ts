@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { closeFrame } from '../frames/close.js';
-import { FrameInspector } from '../frames/inspector.js';
+import { FrameInspector, type MessageLimits } from '../frames/inspector.js';
 import { ERRORS, type CloseReason } from '../errors.js';
 
 export interface SessionOptions {
@@ -17,6 +17,11 @@ export interface SessionOptions {
   closeTimeoutMs: number;
   /** With `expiry: close`: when the connection's token expires (ms since the epoch); it is closed with 4001 then. */
   expiresAt: number | undefined;
+  /** Limits on the client's messages (rate, size, fragments). */
+  messageLimits: MessageLimits | undefined;
+  /** No data frame either way for this long closes with 1001 (checked four times per period). */
+  idleTimeoutMs: number | undefined;
+  maxLifetimeMs: number | undefined;
   logger: Logger;
 }
 
@@ -56,6 +61,13 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
   private owesUpstream = false;
   private closeTimer: NodeJS.Timeout | null = null;
   private expiryTimer: NodeJS.Timeout | null = null;
+  private idleTimer: NodeJS.Timeout | null = null;
+  private lifetimeTimer: NodeJS.Timeout | null = null;
+  /** Client bytes not yet inspected while a message waits for its rate (throttle). */
+  private held: Buffer | null = null;
+  private throttleTimer: NodeJS.Timeout | null = null;
+  /** The upstream's socket buffer is full: the client stays paused until it drains. */
+  private upstreamFull = false;
   private openSockets = 2;
 
   constructor(options: SessionOptions) {
@@ -65,7 +77,7 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
     this.upstream = options.upstream;
     this.closeTimeoutMs = options.closeTimeoutMs;
     this.logger = options.logger;
-    this.c2u = new FrameInspector({ masked: true, compressed: options.compressed });
+    this.c2u = new FrameInspector({ masked: true, compressed: options.compressed, limits: options.messageLimits });
     this.u2c = new FrameInspector({ masked: false, compressed: options.compressed });
 
     for (const socket of [this.client, this.upstream]) {
@@ -78,11 +90,18 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
     this.upstream.on('data', (chunk: Buffer) => this.forward(chunk, this.upstream, this.client, this.u2c));
     // Backpressure: a side that cannot keep up pauses the other (design.md §2).
     this.client.on('drain', () => this.upstream.resume());
-    this.upstream.on('drain', () => this.client.resume());
+    this.upstream.on('drain', () => {
+      this.upstreamFull = false;
+      if (this.held === null) this.client.resume();
+    });
     this.client.on('end', () => this.onClientEnd());
     this.upstream.on('end', () => this.onUpstreamEnd());
 
     if (options.expiresAt !== undefined) this.armExpiry(options.expiresAt);
+    if (options.idleTimeoutMs !== undefined) this.armIdle(options.idleTimeoutMs);
+    if (options.maxLifetimeMs !== undefined) {
+      this.lifetimeTimer = setTimeout(() => this.close('MAX_LIFETIME', 'maximum lifetime reached'), Math.min(options.maxLifetimeMs, 0x7fffffff));
+    }
     if (options.upstreamHead.length > 0) this.forward(options.upstreamHead, this.upstream, this.client, this.u2c);
     if (options.clientHead.length > 0) this.forward(options.clientHead, this.client, this.upstream, this.c2u);
   }
@@ -126,7 +145,11 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
     if (inspector.released !== null) flushed = to.write(inspector.released);
     if (n === chunk.length) flushed = to.write(chunk) && flushed;
     else if (n > 0) flushed = to.write(chunk.subarray(0, n)) && flushed;
-    if (!flushed) from.pause();
+    if (!flushed) {
+      if (to === this.upstream) this.upstreamFull = true;
+      from.pause();
+    }
+    if (inspector.waitMs > 0) this.throttle(chunk.subarray(n), inspector);
     if (!inspector.stopped) return;
 
     if (inspector.error !== null) {
@@ -138,6 +161,37 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
     } else if (inspector.closeSeen) {
       this.onCloseFrame(inspector === this.c2u ? 'client' : 'upstream');
     }
+  }
+
+  /**
+   * `onExceed: throttle`: the message waits for its token with the rest of the chunk held, and the client
+   * is not read meanwhile, so it is slowed by TCP backpressure and nothing is lost.
+   */
+  private throttle(rest: Buffer, inspector: FrameInspector): void {
+    const wait = inspector.waitMs;
+    inspector.waitMs = 0;
+    this.held = rest;
+    this.client.pause();
+    this.throttleTimer = setTimeout(() => {
+      this.throttleTimer = null;
+      const held = this.held!;
+      this.held = null;
+      this.forward(held, this.client, this.upstream, this.c2u);
+      if (this.held === null && !this.upstreamFull && !this.client.destroyed) this.client.resume();
+    }, wait);
+  }
+
+  /** Idle means no data frame either way: compared four times per period, so it fires within 1.25× the timeout. */
+  private armIdle(timeoutMs: number): void {
+    const step = Math.max(1, Math.floor(timeoutMs / 4));
+    let seen = -1;
+    let quiet = 0;
+    this.idleTimer = setInterval(() => {
+      const frames = this.c2u.dataFrames + this.u2c.dataFrames;
+      quiet = frames === seen ? quiet + step : 0;
+      seen = frames;
+      if (quiet >= timeoutMs) this.close('IDLE_TIMEOUT', `no data frame for ${timeoutMs} ms`);
+    }, step);
   }
 
   private onCloseFrame(side: 'client' | 'upstream'): void {
@@ -223,8 +277,8 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
   }
 
   private finish(): void {
-    if (this.closeTimer !== null) clearTimeout(this.closeTimer);
-    if (this.expiryTimer !== null) clearTimeout(this.expiryTimer);
+    for (const timer of [this.closeTimer, this.expiryTimer, this.lifetimeTimer, this.throttleTimer]) clearTimeout(timer ?? undefined);
+    clearInterval(this.idleTimer ?? undefined);
     const closeCode = this.closedBy === 'guard'
       ? this.guardCloseCode
       : this.closedBy === 'upstream' ? this.u2c.closeCode : this.c2u.closeCode;

@@ -2,6 +2,8 @@ import http, { type IncomingMessage } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { GuardConfig } from '../config/schema.js';
 import { GuardError } from '../errors.js';
+import { MemoryStore } from '../limits/memory-store.js';
+import type { LimitStore } from '../limits/store.js';
 import type { Logger } from '../ops/logger.js';
 import type { Session, SessionEnd } from '../proxy/session.js';
 import { TrustedProxies, normalizeAddress, type ForwardContext } from './forwarded.js';
@@ -27,11 +29,12 @@ export interface Guard {
  * Starts the listener: plain requests are passed through, upgrades are checked, dialled to the upstream
  * and, on a valid 101, handed to a Session that inspects every frame both ways.
  */
-export async function startGuard(config: GuardConfig, logger: Logger): Promise<Guard> {
+export async function startGuard(config: GuardConfig, logger: Logger, store: LimitStore = new MemoryStore()): Promise<Guard> {
   const trusted = new TrustedProxies(config.trustedProxies);
   const identityHeaders = identityHeaderNames(config);
   const passThrough = createHttpPassThrough(config, logger, identityHeaders);
   const sessions = new Set<Session>();
+  let draining = false;
 
   const server = http.createServer({
     // The handshake deadline (design.md §3 timeouts.handshake) is Node's own headers timeout, answered 408.
@@ -52,6 +55,8 @@ export async function startGuard(config: GuardConfig, logger: Logger): Promise<G
     route: createRouter(config),
     identityHeaders,
     forwardContext,
+    store,
+    draining: () => draining,
     onSession(session, meta) {
       sessions.add(session);
       logger.debug({ session: session.id, ...meta }, 'connection open');
@@ -104,6 +109,7 @@ export async function startGuard(config: GuardConfig, logger: Logger): Promise<G
     host: address.address,
     sessions,
     async drain() {
+      draining = true;
       const closed = stopListening();
       logger.info({ open: sessions.size, timeoutMs: config.timeouts.drain }, 'draining');
       for (const session of sessions) session.close('SHUTTING_DOWN', 'drain');

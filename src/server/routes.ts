@@ -1,4 +1,4 @@
-import type { GuardConfig, JwtConfig } from '../config/schema.js';
+import type { GuardConfig, JwtConfig, LimitsConfig } from '../config/schema.js';
 import { createJwtVerifier, type VerifyToken } from '../policies/jwt.js';
 import type { OriginPolicyConfig } from '../policies/origin.js';
 
@@ -6,6 +6,10 @@ export interface Route extends OriginPolicyConfig {
   /** The prefix that matched, '' for the top-level defaults. */
   path: string;
   auth: { jwt: JwtConfig; verify: VerifyToken } | undefined;
+  /** The top-level limits with the route's own merged over them. */
+  limits: LimitsConfig;
+  /** The name of the route's own connection pool, when it sets `limits.connections`. */
+  pool: string | undefined;
 }
 
 /** `/chat` covers `/chat`, `/chat/` and `/chat/room`, not `/chatroom`. */
@@ -29,12 +33,16 @@ export function createRouter(config: GuardConfig): (pathname: string) => Route {
     }
     return { jwt: auth.jwt, verify };
   };
-  const fallback: Route = { path: '', auth: compileAuth(config.auth), origins: config.origins, allowNoOrigin: config.allowNoOrigin };
+  const fallback: Route = {
+    path: '', auth: compileAuth(config.auth), origins: config.origins, allowNoOrigin: config.allowNoOrigin, limits: config.limits, pool: undefined,
+  };
   const routes: Route[] = config.routes.map((r) => ({
     path: r.path,
     auth: compileAuth(r.auth),
     origins: r.origins,
     allowNoOrigin: r.allowNoOrigin,
+    limits: r.limits,
+    pool: r.ownConnectionPool ? r.path : undefined,
   }));
   return (pathname) => routes.find((r) => covers(r.path, pathname)) ?? fallback;
 }

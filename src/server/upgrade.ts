@@ -8,6 +8,9 @@ import { claimHeaders } from '../policies/identity.js';
 import type { Identity } from '../policies/jwt.js';
 import { checkOrigin } from '../policies/origin.js';
 import { BEARER_MARKER, findToken, takeProtocolToken } from '../policies/token.js';
+import { MESSAGE_OK, MESSAGE_REFUSE } from '../frames/inspector.js';
+import { TokenBucket } from '../limits/bucket.js';
+import type { Lease, LimitStore, SharedBucket } from '../limits/store.js';
 import { dialUpstream, type DialResult } from '../proxy/dial.js';
 import { Session } from '../proxy/session.js';
 import { type TrustedProxies, upstreamHeaders, withoutHopByHop, type ForwardContext } from './forwarded.js';
@@ -23,8 +26,25 @@ export interface UpgradeDeps {
   /** Header names filled from claims: client-sent copies never reach the upstream. */
   identityHeaders: ReadonlySet<string>;
   forwardContext: (req: IncomingMessage) => ForwardContext;
+  /** Connection counts and rates. */
+  store: LimitStore;
+  /** True once the guard is draining: new upgrades are refused with 503. */
+  draining: () => boolean;
   /** Called with each new session, which the caller tracks. */
   onSession: (session: Session, meta: { ip: string; path: string; user: string | undefined }) => void;
+}
+
+const SLOT_REFUSALS = { total: 'CONNECTIONS_FULL', perIp: 'CONNECTIONS_PER_IP', perUser: 'CONNECTIONS_PER_USER' } as const;
+/** What a refused connection slot asks the client to wait: slots free up as others close, not on a clock. */
+const SLOT_RETRY_AFTER_S = '5';
+
+/** The per-message rate check for one connection: a token per message, or how long to wait for one. */
+function messageCheck(bucket: { take(now: number): boolean; waitMs(now: number): number }, onExceed: 'close' | 'throttle'): () => number {
+  return () => {
+    const now = Date.now();
+    if (bucket.take(now)) return MESSAGE_OK;
+    return onExceed === 'close' ? MESSAGE_REFUSE : Math.max(1, bucket.waitMs(now));
+  };
 }
 
 /** Query parameters that may carry a token: their values never reach a log line. */
@@ -66,6 +86,8 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
   const dropped = new Set(['sec-websocket-extensions', 'sec-websocket-protocol', ...deps.identityHeaders]);
   const logPath = redactor(config);
   let nextId = 1;
+  /** Pools whose usage is at or over their warnAt mark. */
+  const warned = new Set<string>();
 
   const refuse = (socket: Socket, err: GuardError, ip: string, req?: IncomingMessage) => {
     logger.info({ code: err.code, status: err.status, ip, path: logPath(req?.url), detail: err.message }, 'upgrade refused');
@@ -77,6 +99,12 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
     const pathname = routingPath(req.url ?? '/');
     if (pathname === null) throw new GuardError('BAD_REQUEST', 'ambiguous request target');
     const route = deps.route(pathname);
+    if (deps.draining()) throw new GuardError('SHUTTING_DOWN', undefined, { 'Retry-After': SLOT_RETRY_AFTER_S });
+    const { limits } = route;
+    if (limits.handshakes !== undefined) {
+      const waitMs = await deps.store.takeHandshake(`${route.path}|${ip}`, limits.handshakes.rate, limits.handshakes.burst);
+      if (waitMs > 0) throw new GuardError('HANDSHAKE_RATE', ip, { 'Retry-After': String(Math.ceil(waitMs / 1000)) });
+    }
     checkOrigin(req, route);
 
     let identity: Identity | undefined;
@@ -100,6 +128,44 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
       }
     }
 
+    const user = typeof identity?.claims.sub === 'string' ? identity.claims.sub : undefined;
+    const slots = [{ pool: '', limits: config.limits.connections ?? {} }];
+    if (route.pool !== undefined) slots.push({ pool: route.pool, limits: limits.connections ?? {} });
+    const verdict = await deps.store.acquireSlots(slots, ip, user);
+    if (!verdict.ok) throw new GuardError(SLOT_REFUSALS[verdict.refused], undefined, { 'Retry-After': SLOT_RETRY_AFTER_S });
+    for (const { pool, ratio } of verdict.usage) {
+      const warnAt = (pool === '' ? config.limits.connections?.warnAt : limits.connections?.warnAt) ?? 1;
+      // One line when usage crosses the mark, not one per connection above it.
+      if (ratio < warnAt) warned.delete(pool);
+      else if (!warned.has(pool)) {
+        warned.add(pool);
+        logger.warn({ pool: pool || '(all)', usage: ratio, warnAt }, 'connection slots nearly exhausted');
+      }
+    }
+    // Every exit from here on gives the slots back: the session's end, or any failure before it exists.
+    try {
+      await connect(req, socket, head, { ip, key, protocols, route, identity, identityHeaders, tokenInProtocol, user }, verdict.lease);
+    } catch (err) {
+      verdict.lease.release();
+      throw err;
+    }
+  }
+
+  interface Admitted {
+    ip: string;
+    key: string;
+    protocols: string[];
+    route: Route;
+    identity: Identity | undefined;
+    identityHeaders: string[];
+    tokenInProtocol: boolean;
+    user: string | undefined;
+  }
+
+  /** Dials the upstream for an admitted handshake and, on a valid 101, starts the session. */
+  async function connect(req: IncomingMessage, socket: Socket, head: Buffer, admitted: Admitted, lease: Lease): Promise<void> {
+    const { ip, key, protocols, route, identity, identityHeaders, tokenInProtocol, user } = admitted;
+    const { limits } = route;
     const headers = upstreamHeaders(req.rawHeaders, deps.forwardContext(req), dropped);
     // Only permessage-deflate is offered on: the inspector must understand every RSV bit in use (RFC 6455 §5.2).
     const deflate = config.compression === 'passthrough'
@@ -131,10 +197,12 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
     }
 
     if (result.kind === 'refused') {
+      lease.release();
       relayRefusal(socket, result.response);
       return;
     }
     if (socket.destroyed) {
+      lease.release();
       result.socket.destroy();
       return;
     }
@@ -146,6 +214,14 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
     socket.write(`${answer}\r\n`);
 
     const expiresAt = identity !== undefined && route.auth?.jwt.expiry === 'close' ? identity.expiresAt : undefined;
+    const rate = limits.messages;
+    let shared: SharedBucket | undefined;
+    if (rate !== undefined && rate.per !== 'connection') {
+      // Without a verified user, "per user" falls back to the client address.
+      const who = rate.per === 'user' && user !== undefined ? `user:${user}` : `ip:${ip}`;
+      shared = deps.store.sharedBucket(`${route.path}|${who}`, rate.rate, rate.burst);
+    }
+    const bucket = rate === undefined ? undefined : shared ?? new TokenBucket(rate.rate, rate.burst, Date.now());
     const session = new Session({
       id: nextId++,
       client: socket,
@@ -155,7 +231,18 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
       compressed: result.compressed,
       closeTimeoutMs: config.timeouts.close,
       expiresAt,
+      messageLimits: {
+        maxMessageBytes: limits.messageSize ?? Infinity,
+        maxFragments: limits.maxFragments,
+        onMessageStart: bucket === undefined ? null : messageCheck(bucket, rate!.onExceed),
+      },
+      idleTimeoutMs: limits.idleTimeout,
+      maxLifetimeMs: limits.maxLifetime,
       logger,
+    });
+    session.once('end', () => {
+      lease.release();
+      shared?.release();
     });
     pending.delete(socket);
     deps.onSession(session, { ip, path: logPath(req.url), user: identity?.claims.sub });

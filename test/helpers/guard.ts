@@ -1,9 +1,12 @@
 import { parseConfig } from '../../src/config/load.js';
+import { MemoryStore } from '../../src/limits/memory-store.js';
 import { createLogger } from '../../src/ops/logger.js';
 import { startGuard, type Guard } from '../../src/server/guard.js';
 
 export interface TestGuard {
   guard: Guard;
+  /** The guard's connection counts and rates. */
+  store: MemoryStore;
   port: number;
   /** ws://127.0.0.1:port */
   wsUrl: string;
@@ -18,14 +21,19 @@ export interface TestGuard {
 export async function startTestGuard(config: Record<string, unknown>): Promise<TestGuard> {
   const logs: Record<string, unknown>[] = [];
   const logger = createLogger('debug', { write: (line: string) => void logs.push(JSON.parse(line)) });
-  const guard = await startGuard(parseConfig({ listen: '127.0.0.1:0', ...config }, {}), logger);
+  const store = new MemoryStore();
+  const guard = await startGuard(parseConfig({ listen: '127.0.0.1:0', ...config }, {}), logger, store);
   return {
     guard,
+    store,
     port: guard.port,
     wsUrl: `ws://127.0.0.1:${guard.port}`,
     httpUrl: `http://127.0.0.1:${guard.port}`,
     logs,
-    close: () => guard.close(),
+    close: async () => {
+      await guard.close();
+      store.close();
+    },
   };
 }
 
