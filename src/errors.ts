@@ -30,6 +30,7 @@ export const ERRORS = {
   UPSTREAM_TIMEOUT: { status: 504, message: 'upstream did not answer in time' },
   PROTOCOL_VIOLATION: { status: 400, close: 1002, message: 'WebSocket protocol violation' },
   MESSAGE_TOO_BIG: { status: 400, close: 1009, message: 'message too big' },
+  INVALID_COMPRESSED: { status: 400, close: 1007, message: 'compressed message does not inflate' },
   TOO_MANY_FRAGMENTS: { status: 400, close: 1009, message: 'message has too many fragments' },
   MESSAGE_RATE: { status: 429, close: 1008, message: 'message rate limit exceeded' },
   IDLE_TIMEOUT: { status: 408, close: 1001, message: 'idle timeout' },

@@ -195,7 +195,7 @@ describe('FrameInspector: message limits, checked from the header before anythin
 
   it('counts a message once at its first frame, never control frames, and refuses one over the rate', () => {
     let allowed = 2;
-    const limits = { maxMessageBytes: Infinity, maxFragments: Infinity, onMessageStart: () => (allowed-- > 0 ? MESSAGE_OK : MESSAGE_REFUSE) };
+    const limits = { maxMessageBytes: Infinity, maxFragments: Infinity, onMessageStart: () => (allowed-- > 0 ? MESSAGE_OK : MESSAGE_REFUSE), onCompressedPayload: null };
     for (const [how, chunks] of splits(three)) {
       allowed = 2;
       const inspector = new FrameInspector({ ...CLIENT, limits });
@@ -215,7 +215,7 @@ describe('FrameInspector: message limits, checked from the header before anythin
       let tokens = 1;
       const inspector = new FrameInspector({
         ...CLIENT,
-        limits: { maxMessageBytes: Infinity, maxFragments: Infinity, onMessageStart: () => (tokens-- > 0 ? MESSAGE_OK : 25) },
+        limits: { maxMessageBytes: Infinity, maxFragments: Infinity, onMessageStart: () => (tokens-- > 0 ? MESSAGE_OK : 25), onCompressedPayload: null },
       });
       const out: Buffer[] = [];
       let waits = 0;
@@ -242,7 +242,7 @@ describe('FrameInspector: message limits, checked from the header before anythin
     const first = masked(0x01, 'abcd');
     const second = masked(0x00, 'efgh');
     const stream = Buffer.concat([first, second, masked(0x80, 'ij')]);
-    const limits = { maxMessageBytes: 9, maxFragments: Infinity, onMessageStart: null };
+    const limits = { maxMessageBytes: 9, maxFragments: Infinity, onMessageStart: null, onCompressedPayload: null };
     expectEverySplit({ ...CLIENT, limits }, stream, { forwarded: Buffer.concat([first, second]), error: 'MESSAGE_TOO_BIG' });
     const ok = Buffer.concat([first, second, masked(0x80, 'i'), masked(0x81, '123456789')]);
     expectEverySplit({ ...CLIENT, limits }, ok, { forwarded: ok });
@@ -250,7 +250,7 @@ describe('FrameInspector: message limits, checked from the header before anythin
 
   it('caps the fragments of one message', () => {
     const frags = [masked(0x01, 'a'), masked(0x00, 'b'), masked(0x00, 'c'), masked(0x80, 'd')];
-    const limits = { maxMessageBytes: Infinity, maxFragments: 3, onMessageStart: null };
+    const limits = { maxMessageBytes: Infinity, maxFragments: 3, onMessageStart: null, onCompressedPayload: null };
     expectEverySplit({ ...CLIENT, limits }, Buffer.concat(frags), { forwarded: Buffer.concat(frags.slice(0, 3)), error: 'TOO_MANY_FRAGMENTS' });
   });
 });

@@ -33,6 +33,12 @@ export interface MessageLimits {
    * frame and the caller feeds the rest again later). Synchronous and allocation-free by contract.
    */
   onMessageStart: (() => number) | null;
+  /**
+   * Set when compressed messages must be measured inflated: receives the unmasked payload of every
+   * compressed message (a copy, on this path only), which `feed` marks with `gateFrom` and ends with
+   * `suspended`, so the caller can hold the message until its inflated size is known.
+   */
+  onCompressedPayload: ((payload: Buffer) => void) | null;
 }
 
 export interface InspectorOptions {
@@ -43,14 +49,15 @@ export interface InspectorOptions {
   limits?: MessageLimits;
 }
 
-const NO_LIMITS: MessageLimits = { maxMessageBytes: Infinity, maxFragments: Infinity, onMessageStart: null };
+const NO_LIMITS: MessageLimits = { maxMessageBytes: Infinity, maxFragments: Infinity, onMessageStart: null, onCompressedPayload: null };
 
 /**
- * A compressed message may be this much bigger than its inflated size: deflate's stored blocks add 5 bytes
- * per 64 KiB (RFC 1951 §3.2.4), plus the final block; anything larger certainly inflates past the limit.
+ * The most compressed bytes a message under `limit` (inflated) may take before it is refused unmeasured.
+ * Deflate can expand incompressible data (5 bytes per stored block, RFC 1951 §3.2.4; zlib uses small
+ * blocks), so the allowance is generous; the exact check is on the inflated size (inflate-counter.ts).
  */
-function compressedAllowance(limit: number): number {
-  return limit + Math.ceil(limit / 65535) * 5 + 16;
+export function compressedAllowance(limit: number): number {
+  return limit * 2 + 65_536;
 }
 
 /**
@@ -74,6 +81,10 @@ export class FrameInspector {
   closeCode = 1005;
   /** After `feed` stopped in front of a message to throttle it: ms to wait before feeding the rest. */
   waitMs = 0;
+  /** Where in the last chunk a measured compressed message began (0: it began earlier), -1 when none. */
+  gateFrom = -1;
+  /** `feed` stopped right after the last frame of a measured compressed message. */
+  suspended = false;
   /** Data messages started, data frames, and bytes accepted, for accounting and the idle timeout. */
   messages = 0;
   dataFrames = 0;
@@ -86,6 +97,10 @@ export class FrameInspector {
   private messageBytes = 0;
   private fragments = 0;
   private messageCompressed = false;
+  /** Inside a measured compressed message; where the current frame began in the chunk; its FIN bit. */
+  private gating = false;
+  private frameAt = 0;
+  private fin = false;
   private state = S_HEADER;
   /** Allocated on the first header that straddles chunks; most connections never need it. */
   private header: Buffer | null = null;
@@ -97,6 +112,8 @@ export class FrameInspector {
   /** Masking key of the current frame and how far into its payload we are, to read a close code. */
   private mask0 = 0;
   private mask1 = 0;
+  private mask2 = 0;
+  private mask3 = 0;
   private payloadOffset = 0;
 
   constructor(options: InspectorOptions) {
@@ -124,8 +141,15 @@ export class FrameInspector {
     else if (this.state === S_PAYLOAD) this.stopPending = true;
   }
 
+  /** Ends forwarding now, even inside a frame: for when the rest of that frame was never forwarded. */
+  stopNow(): void {
+    this.state = S_STOPPED;
+    this.gating = false;
+  }
+
   feed(chunk: Buffer): number {
     this.released = null;
+    this.gateFrom = this.gating ? 0 : -1;
     const length = chunk.length;
     let pos = 0;
     while (pos < length) {
@@ -134,6 +158,7 @@ export class FrameInspector {
         const available = length - pos;
         const take = this.remaining < available ? this.remaining : available;
         if (this.opcode === OP_CLOSE) this.readCloseCode(chunk, pos, take);
+        else if (this.gating && this.opcode < 0x8) this.passCompressed(chunk, pos, take);
         pos += take;
         this.remaining -= take;
         this.bytes += take;
@@ -144,6 +169,7 @@ export class FrameInspector {
       if (this.headerLength === 0 && length - pos >= 2) {
         const size = headerSize(chunk[pos + 1]!);
         if (length - pos >= size) {
+          this.frameAt = pos;
           if (!this.startFrame(chunk, pos)) return pos;
           pos += size;
           this.bytes += size;
@@ -159,6 +185,7 @@ export class FrameInspector {
       if (this.headerLength < size) return start;
       // The header straddled chunks: what was held from earlier chunks goes out in front of this one.
       this.headerLength = 0;
+      this.frameAt = start;
       if (!this.startFrame(header, 0)) {
         // A throttled frame is fed again later: its bytes from this chunk will be collected once more.
         if (this.waitMs > 0) this.headerLength = held;
@@ -225,9 +252,11 @@ export class FrameInspector {
       if (payloadLength <= 0xffff) return this.fail('PROTOCOL_VIOLATION', '64-bit length not minimally encoded');
       maskAt = at + 10;
     }
-    if (this.masked && opcode === OP_CLOSE) {
+    if (this.masked) {
       this.mask0 = buf[maskAt]!;
       this.mask1 = buf[maskAt + 1]!;
+      this.mask2 = buf[maskAt + 2]!;
+      this.mask3 = buf[maskAt + 3]!;
     }
 
     if (!control && !this.checkMessage(opcode, payloadLength, (b0 & 0x40) !== 0)) return false;
@@ -237,6 +266,7 @@ export class FrameInspector {
       this.inMessage = !fin;
     }
     this.opcode = opcode;
+    this.fin = fin;
     this.remaining = payloadLength;
     this.payloadOffset = 0;
     this.state = S_PAYLOAD;
@@ -262,6 +292,10 @@ export class FrameInspector {
       this.messageBytes = 0;
       this.fragments = 0;
       this.messageCompressed = rsv1;
+      if (rsv1 && limits.onCompressedPayload !== null) {
+        this.gating = true;
+        if (this.gateFrom < 0) this.gateFrom = this.frameAt;
+      }
     }
     this.messageBytes += payloadLength;
     if (++this.fragments > limits.maxFragments) return this.fail('TOO_MANY_FRAGMENTS', `more than ${limits.maxFragments} fragments`);
@@ -272,6 +306,12 @@ export class FrameInspector {
 
   /** The current frame has been forwarded whole; true when forwarding in this direction ends here. */
   private endFrame(): boolean {
+    if (this.gating && this.fin && this.opcode < 0x8) {
+      this.gating = false;
+      this.suspended = true;
+      this.state = this.stopPending ? S_STOPPED : S_HEADER;
+      return true;
+    }
     if (this.opcode === OP_CLOSE) {
       this.closeSeen = true;
       this.state = S_CLOSED;
@@ -283,6 +323,19 @@ export class FrameInspector {
     }
     this.state = S_HEADER;
     return false;
+  }
+
+  /** Hands the unmasked payload of a compressed message to the inflated-size check. */
+  private passCompressed(chunk: Buffer, pos: number, take: number): void {
+    const payload = Buffer.from(chunk.subarray(pos, pos + take));
+    if (this.masked) {
+      for (let i = 0, k = this.payloadOffset; i < take; i++, k++) {
+        const j = k & 3;
+        payload[i]! ^= j === 0 ? this.mask0 : j === 1 ? this.mask1 : j === 2 ? this.mask2 : this.mask3;
+      }
+    }
+    this.payloadOffset += take;
+    this.limits.onCompressedPayload!(payload);
   }
 
   private readCloseCode(chunk: Buffer, pos: number, take: number): void {

@@ -21,7 +21,15 @@ export interface DialOptions {
 }
 
 export type DialResult =
-  | { kind: 'upgraded'; response: IncomingMessage; socket: Socket; head: Buffer; compressed: boolean }
+  | {
+    kind: 'upgraded';
+    response: IncomingMessage;
+    socket: Socket;
+    head: Buffer;
+    /** permessage-deflate was negotiated; with client_no_context_takeover, each client message stands alone. */
+    compressed: boolean;
+    clientNoContextTakeover: boolean;
+  }
   | { kind: 'refused'; response: IncomingMessage };
 
 /**
@@ -71,7 +79,12 @@ export function dialUpstream(options: DialOptions): Promise<DialResult> {
         return;
       }
       const extensions = headerList(response.headers['sec-websocket-extensions']);
-      resolve({ kind: 'upgraded', response, socket, head, compressed: extensions.length > 0 });
+      const params = extensions[0]?.split(';').map((p) => p.trim().toLowerCase()) ?? [];
+      resolve({
+        kind: 'upgraded', response, socket, head,
+        compressed: extensions.length > 0,
+        clientNoContextTakeover: params.includes('client_no_context_takeover'),
+      });
     });
     req.end();
   });

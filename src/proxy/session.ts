@@ -2,7 +2,8 @@ import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { closeFrame } from '../frames/close.js';
-import { FrameInspector, type MessageLimits } from '../frames/inspector.js';
+import { InflateCounter } from '../frames/inflate-counter.js';
+import { FrameInspector, compressedAllowance, type MessageLimits } from '../frames/inspector.js';
 import { ERRORS, type CloseReason } from '../errors.js';
 
 export interface SessionOptions {
@@ -18,7 +19,9 @@ export interface SessionOptions {
   /** With `expiry: close`: when the connection's token expires (ms since the epoch); it is closed with 4001 then. */
   expiresAt: number | undefined;
   /** Limits on the client's messages (rate, size, fragments). */
-  messageLimits: MessageLimits | undefined;
+  messageLimits: Omit<MessageLimits, 'onCompressedPayload'> | undefined;
+  /** The 101 negotiated client_no_context_takeover: each client message is compressed on its own. */
+  clientNoContextTakeover: boolean;
   /** No data frame either way for this long closes with 1001 (checked four times per period). */
   idleTimeoutMs: number | undefined;
   maxLifetimeMs: number | undefined;
@@ -68,6 +71,12 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
   private throttleTimer: NodeJS.Timeout | null = null;
   /** The upstream's socket buffer is full: the client stays paused until it drains. */
   private upstreamFull = false;
+  /** Measures compressed client messages inflated, when a size limit is set on a compressed connection. */
+  private readonly counter: InflateCounter | null = null;
+  /** A compressed client message held back until its inflated size is known, and its length. */
+  private gate: Buffer[] | null = null;
+  private gateBytes = 0;
+  private readonly gateCap: number = 0;
   private openSockets = 2;
 
   constructor(options: SessionOptions) {
@@ -77,7 +86,20 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
     this.upstream = options.upstream;
     this.closeTimeoutMs = options.closeTimeoutMs;
     this.logger = options.logger;
-    this.c2u = new FrameInspector({ masked: true, compressed: options.compressed, limits: options.messageLimits });
+    const limits = options.messageLimits;
+    let onCompressedPayload: ((payload: Buffer) => void) | null = null;
+    if (limits !== undefined && options.compressed && Number.isFinite(limits.maxMessageBytes)) {
+      const counter = new InflateCounter(limits.maxMessageBytes, options.clientNoContextTakeover);
+      this.counter = counter;
+      // Control frames interleaved in a fragmented message get 64 KiB on top, then the message is refused.
+      this.gateCap = compressedAllowance(limits.maxMessageBytes) + 65_536;
+      onCompressedPayload = (payload) => counter.write(payload);
+    }
+    this.c2u = new FrameInspector({
+      masked: true,
+      compressed: options.compressed,
+      limits: limits && { ...limits, onCompressedPayload },
+    });
     this.u2c = new FrameInspector({ masked: false, compressed: options.compressed });
 
     for (const socket of [this.client, this.upstream]) {
@@ -115,6 +137,11 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
       this.guardCloseCode = code;
     }
     this.logger.info({ session: this.id, reason, closeCode: code, detail }, 'closing connection');
+    // A held compressed message never went out: the upstream is at a frame boundary where it began.
+    if (this.gate !== null) {
+      this.gate = null;
+      this.c2u.stopNow();
+    }
     // A side that already sent its own close frame gets none from the guard (RFC 6455 §5.5.1).
     if (!this.c2u.closeSeen && !this.upstream.destroyed) {
       this.c2u.stopAtBoundary();
@@ -142,14 +169,26 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
   private forward(chunk: Buffer, from: Socket, to: Socket, inspector: FrameInspector): void {
     const n = inspector.feed(chunk);
     let flushed = true;
-    if (inspector.released !== null) flushed = to.write(inspector.released);
-    if (n === chunk.length) flushed = to.write(chunk) && flushed;
-    else if (n > 0) flushed = to.write(chunk.subarray(0, n)) && flushed;
+    const gateFrom = inspector.gateFrom;
+    if (gateFrom >= 0) {
+      // From gateFrom on, the bytes belong to a compressed message that is measured before it may go on.
+      if (inspector.released !== null) {
+        if (gateFrom === 0) this.hold(inspector.released);
+        else flushed = to.write(inspector.released);
+      }
+      if (gateFrom > 0) flushed = to.write(chunk.subarray(0, gateFrom)) && flushed;
+      if (n > gateFrom) this.hold(chunk.subarray(gateFrom, n));
+    } else {
+      if (inspector.released !== null) flushed = to.write(inspector.released);
+      if (n === chunk.length) flushed = to.write(chunk) && flushed;
+      else if (n > 0) flushed = to.write(chunk.subarray(0, n)) && flushed;
+    }
     if (!flushed) {
       if (to === this.upstream) this.upstreamFull = true;
       from.pause();
     }
     if (inspector.waitMs > 0) this.throttle(chunk.subarray(n), inspector);
+    if (inspector.suspended) this.measure(chunk.subarray(n), inspector);
     if (!inspector.stopped) return;
 
     if (inspector.error !== null) {
@@ -174,11 +213,46 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
     this.client.pause();
     this.throttleTimer = setTimeout(() => {
       this.throttleTimer = null;
-      const held = this.held!;
-      this.held = null;
-      this.forward(held, this.client, this.upstream, this.c2u);
-      if (this.held === null && !this.upstreamFull && !this.client.destroyed) this.client.resume();
+      this.feedHeld();
     }, wait);
+  }
+
+  /** Inspects the client bytes held back by a throttle or a measurement, then reads the client again. */
+  private feedHeld(): void {
+    const held = this.held;
+    this.held = null;
+    if (held !== null && held.length > 0) this.forward(held, this.client, this.upstream, this.c2u);
+    if (this.held === null && !this.upstreamFull && !this.client.destroyed) this.client.resume();
+  }
+
+  private hold(bytes: Buffer): void {
+    (this.gate ??= []).push(bytes);
+    this.gateBytes += bytes.length;
+    if (this.gateBytes > this.gateCap) this.close('MESSAGE_TOO_BIG', 'compressed message held past its cap');
+  }
+
+  /**
+   * A compressed message is complete: it goes on only once inflated within `messageSize` (design.md §2),
+   * so a deflate bomb never reaches the upstream. The client is not read meanwhile.
+   */
+  private measure(rest: Buffer, inspector: FrameInspector): void {
+    inspector.suspended = false;
+    this.held = rest;
+    this.client.pause();
+    void this.counter!.end().then((verdict) => {
+      if (this.gate === null) return;
+      if (verdict !== 'ok') {
+        this.close(verdict === 'too-big' ? 'MESSAGE_TOO_BIG' : 'INVALID_COMPRESSED', `compressed message ${verdict}`);
+        return;
+      }
+      const gate = this.gate;
+      this.gate = null;
+      this.gateBytes = 0;
+      let flushed = true;
+      for (const bytes of gate) flushed = this.upstream.write(bytes) && flushed;
+      if (!flushed) this.upstreamFull = true;
+      this.feedHeld();
+    });
   }
 
   /** Idle means no data frame either way: compared four times per period, so it fires within 1.25× the timeout. */
@@ -278,6 +352,7 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
 
   private finish(): void {
     for (const timer of [this.closeTimer, this.expiryTimer, this.lifetimeTimer, this.throttleTimer]) clearTimeout(timer ?? undefined);
+    this.counter?.destroy();
     clearInterval(this.idleTimer ?? undefined);
     const closeCode = this.closedBy === 'guard'
       ? this.guardCloseCode

@@ -229,6 +229,7 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
       clientHead: head,
       upstreamHead: result.head,
       compressed: result.compressed,
+      clientNoContextTakeover: result.clientNoContextTakeover,
       closeTimeoutMs: config.timeouts.close,
       expiresAt,
       messageLimits: {
