@@ -1,6 +1,7 @@
 import { SignJWT, type JWTPayload } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
+import { closed, open } from './helpers/clients.js';
 import { startTestGuard, until, type TestGuard } from './helpers/guard.js';
 import { rawConnect, upgradeRequest } from './helpers/raw.js';
 import { startUpstream, type Upstream } from './helpers/upstream.js';
@@ -44,15 +45,6 @@ afterAll(async () => {
   await upstream?.stop();
 });
 
-function open(url: string, protocols?: string[], options: WebSocket.ClientOptions = {}): Promise<WebSocket> {
-  return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, protocols, options);
-    ws.once('open', () => resolve(ws));
-    ws.once('error', reject);
-    ws.once('unexpected-response', (_req, res) => reject(Object.assign(new Error(`HTTP ${res.statusCode}`), { status: res.statusCode, headers: res.headers })));
-  });
-}
-
 async function refusal(url: string, protocols?: string[], options: WebSocket.ClientOptions = {}) {
   const err = await open(url, protocols, options).then(
     (ws) => {
@@ -62,10 +54,6 @@ async function refusal(url: string, protocols?: string[], options: WebSocket.Cli
     (e: { status: number; headers: Record<string, string> }) => e,
   );
   return { status: err.status, code: err.headers['x-ws-guard-error'], challenge: err.headers['www-authenticate'] };
-}
-
-function closed(ws: WebSocket): Promise<{ code: number; reason: string }> {
-  return new Promise((resolve) => ws.once('close', (code, reason) => resolve({ code, reason: reason.toString() })));
 }
 
 async function connectEvent(t: string) {

@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { jwtVerify } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
+import { freePort } from './helpers/clients.js';
 import { until } from './helpers/guard.js';
 import { startUpstream } from './helpers/upstream.js';
 
@@ -31,14 +32,6 @@ function file(name: string, text: string): string {
   const path = join(dir, name);
   writeFileSync(path, text);
   return path;
-}
-
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
 }
 
 describe('ws-guard CLI', () => {

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
+import { open } from './helpers/clients.js';
 import { startTestGuard, until, type TestGuard } from './helpers/guard.js';
 import { runPyClient, startUpstream, type Upstream } from './helpers/upstream.js';
 
@@ -19,14 +20,6 @@ afterAll(async () => {
   await upstream?.stop();
 });
 
-function open(url: string): Promise<WebSocket> {
-  return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, { perMessageDeflate: true });
-    ws.once('open', () => resolve(ws));
-    ws.once('error', reject);
-  });
-}
-
 describe('messageSize with permessage-deflate', () => {
   it('passes compressed messages within the limit, in order, across the shared compression context', async () => {
     const t = tag();
@@ -38,7 +31,7 @@ describe('messageSize with permessage-deflate', () => {
 
   it('closes with 1009 a small compressed message that inflates past the limit; the upstream never sees it', async () => {
     const t = tag();
-    const ws = await open(`${guard.wsUrl}/ws/echo?tag=${t}`);
+    const ws = await open(`${guard.wsUrl}/ws/echo?tag=${t}`, undefined, { perMessageDeflate: true });
     expect(ws.extensions).toMatch(/permessage-deflate/);
     ws.send('before');
     await new Promise((resolve) => ws.once('message', resolve));
@@ -53,7 +46,7 @@ describe('messageSize with permessage-deflate', () => {
 
   it('one byte over the limit inflated is refused, exactly at the limit passes', async () => {
     const t = tag();
-    const ws = await open(`${guard.wsUrl}/ws/echo?tag=${t}`);
+    const ws = await open(`${guard.wsUrl}/ws/echo?tag=${t}`, undefined, { perMessageDeflate: true });
     ws.send(Buffer.alloc(1024 * 1024, 7));
     const echo = await new Promise<Buffer>((resolve) => ws.once('message', (d: Buffer) => resolve(d)));
     expect(echo.length).toBe(1024 * 1024);

@@ -2,6 +2,7 @@
 // close code, and for what reached the upstream (nothing, or exactly the messages before the bad frame).
 import net from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { freePort } from './helpers/clients.js';
 import { startTestGuard, until, type TestGuard } from './helpers/guard.js';
 import {
   Op,
@@ -411,15 +412,6 @@ function parseFrames(buf: Buffer): { opcode: number; masked: boolean; payload: B
   return frames;
 }
 
-/** A port with nothing listening on it. */
-async function closedPort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
 describe('hostile upstreams (fake upstream)', () => {
   let fake: FakeUpstream;
   let viaFake: TestGuard;
@@ -562,7 +554,7 @@ describe('hostile upstreams (fake upstream)', () => {
   });
 
   it('upstream port closed → 502 UPSTREAM_UNREACHABLE', async () => {
-    const down = await startTestGuard({ upstream: `http://127.0.0.1:${await closedPort()}` });
+    const down = await startTestGuard({ upstream: `http://127.0.0.1:${await freePort()}` });
     try {
       await expectRefusal(upgradeRequest('/ws/echo?tag=unreachable'), { status: 502, code: 'UPSTREAM_UNREACHABLE', via: down });
     } finally {

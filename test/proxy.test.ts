@@ -2,6 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
+import { closed, freePort, nextMessage, open } from './helpers/clients.js';
 import { startTestGuard, until, type TestGuard } from './helpers/guard.js';
 import { Op, closePayload, frame, rawConnect, upgradeRequest } from './helpers/raw.js';
 import { runPyClient, startUpstream, type Upstream } from './helpers/upstream.js';
@@ -20,22 +21,6 @@ afterAll(async () => {
   await guard?.close();
   await upstream?.stop();
 });
-
-function open(url: string, protocols?: string[], options: WebSocket.ClientOptions = {}): Promise<WebSocket> {
-  return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, protocols, options);
-    ws.once('open', () => resolve(ws));
-    ws.once('error', reject);
-  });
-}
-
-function nextMessage(ws: WebSocket): Promise<{ data: Buffer; isBinary: boolean }> {
-  return new Promise((resolve) => ws.once('message', (data: Buffer, isBinary) => resolve({ data, isBinary })));
-}
-
-function closed(ws: WebSocket): Promise<{ code: number; reason: string }> {
-  return new Promise((resolve) => ws.once('close', (code, reason) => resolve({ code, reason: reason.toString() })));
-}
 
 const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
 
@@ -181,7 +166,7 @@ describe('HTTP pass-through', () => {
   });
 
   it('answers 502 when the upstream is down', async () => {
-    const port = await closedPort();
+    const port = await freePort();
     const down = await startTestGuard({ upstream: `http://127.0.0.1:${port}` });
     try {
       const res = await fetch(`${down.httpUrl}/hello`);
@@ -268,15 +253,6 @@ describe('faults', () => {
     }
   });
 });
-
-/** A port with nothing listening on it. */
-async function closedPort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 /** An upstream that completes the WebSocket handshake and then never reads again. */
 async function silentUpstream(): Promise<{ port: number; close(): Promise<void> }> {
