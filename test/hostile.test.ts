@@ -587,7 +587,10 @@ describe('hostile upstreams (fake upstream)', () => {
     expect(toUpstream).toHaveLength(1);
     expect(toUpstream[0]).toMatchObject({ opcode: Op.CLOSE, masked: true });
     expect(toUpstream[0]!.payload.readUInt16BE(0)).toBe(1002);
-    expect(viaFake.logs.slice(logged)).toContainEqual(expect.objectContaining({ msg: 'frame refused', from: 'upstream', code: 'PROTOCOL_VIOLATION' }));
+    await until(() => viaFake.logs.slice(logged).some((l) => l.msg === 'connection closed'));
+    expect(viaFake.logs.slice(logged)).toContainEqual(expect.objectContaining({
+      msg: 'connection closed', closedBy: 'guard', reason: 'PROTOCOL_VIOLATION', closeCode: 1002, detail: expect.stringMatching(/^from the upstream: /),
+    }));
   });
 });
 
@@ -644,7 +647,10 @@ describe('refused after the upgrade (raw client → guard → real upstream)', (
     await expect(conn.readFrame()).rejects.toThrow(/connection closed/);
 
     await expectUpstreamSawOnly(t, ['before']);
-    expect(guard.logs.slice(logged)).toContainEqual(expect.objectContaining({ msg: 'frame refused', from: 'client', code: 'PROTOCOL_VIOLATION' }));
+    await until(() => guard.logs.slice(logged).some((l) => l.msg === 'connection closed'));
+    expect(guard.logs.slice(logged)).toContainEqual(expect.objectContaining({
+      msg: 'connection closed', closedBy: 'guard', reason: 'PROTOCOL_VIOLATION', closeCode: 1002, detail: expect.stringMatching(/^from the client: /),
+    }));
   });
 
   it('the handshake, a valid frame and a bad frame in one write: the bad frame is still refused', async () => {

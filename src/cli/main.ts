@@ -5,6 +5,8 @@ import { Command, Option } from 'commander';
 import { stringify } from 'yaml';
 import { ConfigError, loadConfigFile, parseConfig, readConfigTree } from '../config/load.js';
 import type { GuardConfig } from '../config/schema.js';
+import { GuardEvents } from '../events.js';
+import { attachLogger } from '../ops/audit-log.js';
 import { createLogger } from '../ops/logger.js';
 import { startGuard } from '../server/guard.js';
 import { parseDuration } from '../config/units.js';
@@ -28,7 +30,9 @@ function configOrExit(build: () => GuardConfig): GuardConfig {
 
 async function run(config: GuardConfig, onStop?: () => Promise<void>): Promise<void> {
   const logger = createLogger();
-  const guard = await startGuard(config, logger);
+  const events = new GuardEvents();
+  attachLogger(events, logger);
+  const guard = await startGuard(config, { events });
   const stop = (signal: NodeJS.Signals) => {
     logger.info({ signal }, 'stopping');
     void guard.drain().then(() => onStop?.()).then(() => process.exit(0));

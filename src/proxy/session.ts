@@ -1,6 +1,5 @@
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
-import type { Logger } from 'pino';
 import { closeFrame } from '../frames/close.js';
 import { InflateCounter } from '../frames/inflate-counter.js';
 import { FrameInspector, compressedAllowance, type MessageLimits } from '../frames/inspector.js';
@@ -25,7 +24,6 @@ export interface SessionOptions {
   /** No data frame either way for this long closes with 1001 (checked four times per period). */
   idleTimeoutMs: number | undefined;
   maxLifetimeMs: number | undefined;
-  logger: Logger;
 }
 
 /** How a session ended, for the audit trail. */
@@ -35,6 +33,7 @@ export interface SessionEnd {
   closedBy: 'client' | 'upstream' | 'guard';
   closeCode: number;
   reason: CloseReason | null;
+  detail: string | undefined;
   messagesIn: number;
   messagesOut: number;
   bytesIn: number;
@@ -54,10 +53,11 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
   private readonly c2u: FrameInspector;
   private readonly u2c: FrameInspector;
   private readonly closeTimeoutMs: number;
-  private readonly logger: Logger;
   private readonly startedAt = Date.now();
   private closedBy: SessionEnd['closedBy'] | null = null;
   private reason: CloseReason | null = null;
+  /** Why the guard closed, or the first socket error: for the audit line. */
+  private detail: string | undefined;
   private guardCloseCode = 0;
   /** A guard close frame still owed to that side, written once its direction reaches a frame boundary. */
   private owesClient = false;
@@ -85,7 +85,6 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
     this.client = options.client;
     this.upstream = options.upstream;
     this.closeTimeoutMs = options.closeTimeoutMs;
-    this.logger = options.logger;
     const limits = options.messageLimits;
     let onCompressedPayload: ((payload: Buffer) => void) | null = null;
     if (limits !== undefined && options.compressed && Number.isFinite(limits.maxMessageBytes)) {
@@ -136,7 +135,7 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
       this.reason = reason;
       this.guardCloseCode = code;
     }
-    this.logger.info({ session: this.id, reason, closeCode: code, detail }, 'closing connection');
+    this.detail ??= detail;
     // A held compressed message never went out: the upstream is at a frame boundary where it began.
     if (this.gate !== null) {
       this.gate = null;
@@ -193,8 +192,7 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
 
     if (inspector.error !== null) {
       const direction = inspector === this.c2u ? 'client' : 'upstream';
-      this.logger.warn({ session: this.id, from: direction, code: inspector.error, detail: inspector.errorDetail }, 'frame refused');
-      this.close(inspector.error, inspector.errorDetail);
+      this.close(inspector.error, `from the ${direction}: ${inspector.errorDetail}`);
     } else if (this.owesClient || this.owesUpstream) {
       this.payDebts(this.guardCloseCode, this.reason ? ERRORS[this.reason].message : '');
     } else if (inspector.closeSeen) {
@@ -304,8 +302,7 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
   }
 
   private onSocketError(socket: Socket, err: Error): void {
-    const side = socket === this.client ? 'client' : 'upstream';
-    this.logger.debug({ session: this.id, side, err: err.message }, 'socket error');
+    this.detail ??= `${socket === this.client ? 'client' : 'upstream'} socket: ${err.message}`;
     if (socket === this.upstream && this.closedBy === null) this.upstreamGone(err.message);
   }
 
@@ -362,6 +359,7 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
       closedBy: this.closedBy ?? 'client',
       closeCode: this.closedBy === 'guard' || this.c2u.closeSeen || this.u2c.closeSeen ? closeCode : 1006,
       reason: this.reason,
+      detail: this.detail,
       messagesIn: this.c2u.messages,
       messagesOut: this.u2c.messages,
       bytesIn: this.c2u.bytes,

@@ -4,14 +4,22 @@ import type { GuardConfig } from '../config/schema.js';
 import { GuardError } from '../errors.js';
 import { MemoryStore } from '../limits/memory-store.js';
 import type { LimitStore } from '../limits/store.js';
-import type { Logger } from '../ops/logger.js';
+import { GuardEvents } from '../events.js';
 import type { Session, SessionEnd } from '../proxy/session.js';
 import { TrustedProxies, normalizeAddress, type ForwardContext } from './forwarded.js';
 import { createHttpPassThrough } from './http-proxy.js';
 import { createRouter, identityHeaderNames } from './routes.js';
 import { createUpgradeHandler } from './upgrade.js';
 
+export interface GuardOptions {
+  /** Where the guard reports what happens; subscribe logs and metrics here before starting. */
+  events?: GuardEvents;
+  /** Connection counts and rates; the in-memory store by default. */
+  store?: LimitStore;
+}
+
 export interface Guard {
+  readonly events: GuardEvents;
   readonly port: number;
   readonly host: string;
   /** Open WebSocket sessions. */
@@ -29,10 +37,12 @@ export interface Guard {
  * Starts the listener: plain requests are passed through, upgrades are checked, dialled to the upstream
  * and, on a valid 101, handed to a Session that inspects every frame both ways.
  */
-export async function startGuard(config: GuardConfig, logger: Logger, store: LimitStore = new MemoryStore()): Promise<Guard> {
+export async function startGuard(config: GuardConfig, options: GuardOptions = {}): Promise<Guard> {
+  const events = options.events ?? new GuardEvents();
+  const store = options.store ?? new MemoryStore();
   const trusted = new TrustedProxies(config.trustedProxies);
   const identityHeaders = identityHeaderNames(config);
-  const passThrough = createHttpPassThrough(config, logger, identityHeaders);
+  const passThrough = createHttpPassThrough(config, events, identityHeaders);
   const sessions = new Set<Session>();
   let draining = false;
 
@@ -50,7 +60,7 @@ export async function startGuard(config: GuardConfig, logger: Logger, store: Lim
 
   const upgrades = createUpgradeHandler({
     config,
-    logger,
+    events,
     trusted,
     route: createRouter(config),
     identityHeaders,
@@ -59,20 +69,22 @@ export async function startGuard(config: GuardConfig, logger: Logger, store: Lim
     draining: () => draining,
     onSession(session, meta) {
       sessions.add(session);
-      logger.debug({ session: session.id, ...meta }, 'connection open');
       session.once('end', (end: SessionEnd) => {
         sessions.delete(session);
-        logger.info({ ...end, ...meta }, 'connection closed');
+        events.emit('closed', { ...end, ...meta });
       });
     },
   });
-  const peerOf = (socket: Socket) => normalizeAddress(socket.remoteAddress);
+  /** A refusal before any request was parsed (CONNECT, malformed heads, timeouts). */
+  const early = (socket: Socket, req?: IncomingMessage) => ({
+    startedAt: Date.now(), ip: normalizeAddress(socket.remoteAddress), req, route: undefined,
+  });
 
   server.on('request', (req, res) => passThrough(req, res, forwardContext(req)));
 
   server.on('connect', (req, socket: Socket) => {
     socket.on('error', () => socket.destroy());
-    upgrades.refuse(socket, new GuardError('BAD_METHOD', 'CONNECT', { Allow: 'GET' }), peerOf(socket), req);
+    upgrades.refuse(socket, new GuardError('BAD_METHOD', 'CONNECT', { Allow: 'GET' }), early(socket, req));
   });
 
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
@@ -83,7 +95,7 @@ export async function startGuard(config: GuardConfig, logger: Logger, store: Lim
     const code = err.code === 'HPE_HEADER_OVERFLOW'
       ? 'HEADERS_TOO_LARGE'
       : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'HANDSHAKE_TIMEOUT' : 'BAD_REQUEST';
-    upgrades.refuse(socket, new GuardError(code, err.code), peerOf(socket));
+    upgrades.refuse(socket, new GuardError(code, err.code), early(socket));
   });
 
   server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => upgrades.handle(req, socket, head));
@@ -96,7 +108,7 @@ export async function startGuard(config: GuardConfig, logger: Logger, store: Lim
     });
   });
   const address = server.address() as AddressInfo;
-  logger.info({ listen: `${address.address}:${address.port}`, upstream: config.upstream.origin }, 'ws-guard listening');
+  events.emit('listening', { address: `${address.address}:${address.port}`, upstream: config.upstream.origin });
 
   const stopListening = () =>
     new Promise<void>((resolve) => {
@@ -105,13 +117,14 @@ export async function startGuard(config: GuardConfig, logger: Logger, store: Lim
     });
 
   return {
+    events,
     port: address.port,
     host: address.address,
     sessions,
     async drain() {
       draining = true;
       const closed = stopListening();
-      logger.info({ open: sessions.size, timeoutMs: config.timeouts.drain }, 'draining');
+      events.emit('draining', { open: sessions.size, timeoutMs: config.timeouts.drain });
       for (const session of sessions) session.close('SHUTTING_DOWN', 'drain');
       const deadline = setTimeout(() => {
         for (const session of sessions) session.destroy();

@@ -1,15 +1,17 @@
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
-import type { Logger } from 'pino';
 import type { GuardConfig } from '../config/schema.js';
 import { GuardError } from '../errors.js';
+import type { GuardEvents } from '../events.js';
 import { armUpstreamDeadlines } from '../proxy/deadlines.js';
+import { pathRedactor } from './redact.js';
 import { upstreamHeaders, withoutHopByHop, type ForwardContext } from './forwarded.js';
 
 /**
  * Plain HTTP requests go to the upstream and back as streams: neither body is buffered, and a slow
  * reader on one side slows the other through `pipe`.
  */
-export function createHttpPassThrough(config: GuardConfig, logger: Logger, identityHeaders: ReadonlySet<string>) {
+export function createHttpPassThrough(config: GuardConfig, events: GuardEvents, identityHeaders: ReadonlySet<string>) {
+  const logPath = pathRedactor(config);
   const agent = new http.Agent({ keepAlive: true, maxFreeSockets: 64 });
 
   return function passThrough(req: IncomingMessage, res: ServerResponse, ctx: ForwardContext): void {
@@ -24,7 +26,7 @@ export function createHttpPassThrough(config: GuardConfig, logger: Logger, ident
     const refuse = (err: GuardError) => {
       disarm();
       upstreamReq.destroy();
-      logger.warn({ code: err.code, status: err.status, method: req.method, path: req.url, ip: ctx.peer }, err.message);
+      events.emit('httpError', { code: err.code, status: err.status, method: req.method ?? '', path: logPath(req.url), ip: ctx.peer, detail: err.message });
       if (res.headersSent) {
         res.destroy();
         return;

@@ -3,7 +3,7 @@ import type { Socket } from 'node:net';
 import type { GuardConfig } from '../config/schema.js';
 import { ERRORS, GuardError } from '../errors.js';
 import { closeFrame } from '../frames/close.js';
-import type { Logger } from '../ops/logger.js';
+import type { ConnectionMeta, GuardEvents } from '../events.js';
 import { claimHeaders } from '../policies/identity.js';
 import type { Identity } from '../policies/jwt.js';
 import { checkOrigin } from '../policies/origin.js';
@@ -15,12 +15,13 @@ import { dialUpstream, type DialResult } from '../proxy/dial.js';
 import { Session } from '../proxy/session.js';
 import { type TrustedProxies, upstreamHeaders, withoutHopByHop, type ForwardContext } from './forwarded.js';
 import { acceptFor, checkUpgrade, headerList } from './handshake.js';
+import { pathRedactor } from './redact.js';
 import { writeRefusal } from './reject.js';
 import type { Route } from './routes.js';
 
 export interface UpgradeDeps {
   config: GuardConfig;
-  logger: Logger;
+  events: GuardEvents;
   trusted: TrustedProxies;
   route: (pathname: string) => Route;
   /** Header names filled from claims: client-sent copies never reach the upstream. */
@@ -31,7 +32,7 @@ export interface UpgradeDeps {
   /** True once the guard is draining: new upgrades are refused with 503. */
   draining: () => boolean;
   /** Called with each new session, which the caller tracks. */
-  onSession: (session: Session, meta: { ip: string; path: string; user: string | undefined }) => void;
+  onSession: (session: Session, meta: ConnectionMeta) => void;
 }
 
 const SLOT_REFUSALS = { total: 'CONNECTIONS_FULL', perIp: 'CONNECTIONS_PER_IP', perUser: 'CONNECTIONS_PER_USER' } as const;
@@ -47,16 +48,13 @@ function messageCheck(bucket: { take(now: number): boolean; waitMs(now: number):
   };
 }
 
-/** Query parameters that may carry a token: their values never reach a log line. */
-function redactor(config: GuardConfig): (url: string | undefined) => string {
-  const params = new Set(['access_token']);
-  for (const auth of [config.auth, ...config.routes.map((r) => r.auth)]) if (auth) params.add(auth.jwt.queryParam);
-  return (url) => {
-    if (url === undefined || !url.includes('?')) return url ?? '/';
-    const parsed = new URL(url, 'http://x');
-    for (const name of params) if (parsed.searchParams.has(name)) parsed.searchParams.set(name, '[redacted]');
-    return `${parsed.pathname}${parsed.search}`;
-  };
+
+/** One handshake in progress: what the refusal and the open events report. */
+export interface Handshake {
+  startedAt: number;
+  ip: string;
+  req: IncomingMessage | undefined;
+  route: Route | undefined;
 }
 
 /**
@@ -82,23 +80,33 @@ export function routingPath(url: string): string | null {
  * client address, the Origin, the token; then the dial, and on a valid 101 a Session.
  */
 export function createUpgradeHandler(deps: UpgradeDeps) {
-  const { config, logger, trusted } = deps;
+  const { config, events, trusted } = deps;
   const dropped = new Set(['sec-websocket-extensions', 'sec-websocket-protocol', ...deps.identityHeaders]);
-  const logPath = redactor(config);
+  const logPath = pathRedactor(config);
   let nextId = 1;
   /** Pools whose usage is at or over their warnAt mark. */
   const warned = new Set<string>();
 
-  const refuse = (socket: Socket, err: GuardError, ip: string, req?: IncomingMessage) => {
-    logger.info({ code: err.code, status: err.status, ip, path: logPath(req?.url), detail: err.message }, 'upgrade refused');
+  /** A refusal answered with an HTTP status (or, with `closeCode`, with a 101 and a close frame). */
+  const report = (err: GuardError, hs: Handshake, closeCode?: number) => {
+    events.emit('refused', {
+      code: err.code, status: err.status, closeCode, ip: hs.ip, path: hs.req && logPath(hs.req.url),
+      route: hs.route?.path, detail: err.message, durationMs: Date.now() - hs.startedAt,
+    });
+  };
+
+  const refuse = (socket: Socket, err: GuardError, hs: Handshake) => {
+    report(err, hs);
     writeRefusal(socket, err);
   };
 
-  async function upgrade(req: IncomingMessage, socket: Socket, head: Buffer, ip: string): Promise<void> {
+  async function upgrade(req: IncomingMessage, socket: Socket, head: Buffer, hs: Handshake): Promise<void> {
+    const { ip } = hs;
     const { key, protocols } = checkUpgrade(req);
     const pathname = routingPath(req.url ?? '/');
     if (pathname === null) throw new GuardError('BAD_REQUEST', 'ambiguous request target');
     const route = deps.route(pathname);
+    hs.route = route;
     if (deps.draining()) throw new GuardError('SHUTTING_DOWN', undefined, { 'Retry-After': SLOT_RETRY_AFTER_S });
     const { limits } = route;
     if (limits.handshakes !== undefined) {
@@ -121,7 +129,8 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
         identityHeaders.push(...claimHeaders(identity.claims, jwt.forwardClaims));
       } catch (err) {
         if (err instanceof GuardError && jwt.onReject === 'close' && err.closeCode !== undefined) {
-          acceptThenClose(socket, err, key, tokenInProtocol ? BEARER_MARKER : protocols[0], ip, req);
+          report(err, hs, err.closeCode);
+          acceptThenClose(socket, err, key, tokenInProtocol ? BEARER_MARKER : protocols[0]);
           return;
         }
         throw err;
@@ -135,16 +144,16 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
     if (!verdict.ok) throw new GuardError(SLOT_REFUSALS[verdict.refused], undefined, { 'Retry-After': SLOT_RETRY_AFTER_S });
     for (const { pool, ratio } of verdict.usage) {
       const warnAt = (pool === '' ? config.limits.connections?.warnAt : limits.connections?.warnAt) ?? 1;
-      // One line when usage crosses the mark, not one per connection above it.
+      // One event when usage crosses the mark, not one per connection above it.
       if (ratio < warnAt) warned.delete(pool);
       else if (!warned.has(pool)) {
         warned.add(pool);
-        logger.warn({ pool: pool || '(all)', usage: ratio, warnAt }, 'connection slots nearly exhausted');
+        events.emit('slotsWarning', { pool, ratio, warnAt });
       }
     }
     // Every exit from here on gives the slots back: the session's end, or any failure before it exists.
     try {
-      await connect(req, socket, head, { ip, key, protocols, route, identity, identityHeaders, tokenInProtocol, user }, verdict.lease);
+      await connect(req, socket, head, { hs, key, protocols, route, identity, identityHeaders, tokenInProtocol, user }, verdict.lease);
     } catch (err) {
       verdict.lease.release();
       throw err;
@@ -152,7 +161,7 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
   }
 
   interface Admitted {
-    ip: string;
+    hs: Handshake;
     key: string;
     protocols: string[];
     route: Route;
@@ -164,7 +173,8 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
 
   /** Dials the upstream for an admitted handshake and, on a valid 101, starts the session. */
   async function connect(req: IncomingMessage, socket: Socket, head: Buffer, admitted: Admitted, lease: Lease): Promise<void> {
-    const { ip, key, protocols, route, identity, identityHeaders, tokenInProtocol, user } = admitted;
+    const { hs, key, protocols, route, identity, identityHeaders, tokenInProtocol, user } = admitted;
+    const { ip } = hs;
     const { limits } = route;
     const headers = upstreamHeaders(req.rawHeaders, deps.forwardContext(req), dropped);
     // Only permessage-deflate is offered on: the inspector must understand every RSV bit in use (RFC 6455 §5.2).
@@ -198,6 +208,7 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
 
     if (result.kind === 'refused') {
       lease.release();
+      events.emit('upstreamRefused', { status: result.response.statusCode ?? 0, ip, path: logPath(req.url) });
       relayRefusal(socket, result.response);
       return;
     }
@@ -239,22 +250,22 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
       },
       idleTimeoutMs: limits.idleTimeout,
       maxLifetimeMs: limits.maxLifetime,
-      logger,
     });
     session.once('end', () => {
       lease.release();
       shared?.release();
     });
     pending.delete(socket);
-    deps.onSession(session, { ip, path: logPath(req.url), user: identity?.claims.sub });
+    const meta: ConnectionMeta = { ip, path: logPath(req.url), route: route.path, user };
+    events.emit('opened', { ...meta, session: session.id, durationMs: Date.now() - hs.startedAt });
+    deps.onSession(session, meta);
   }
 
   /**
    * `onReject: close`: browsers cannot read an HTTP status from a failed WebSocket, only a close code. The
    * guard answers the handshake itself (the upstream is never dialled), then closes with 4001/4003.
    */
-  function acceptThenClose(socket: Socket, err: GuardError, key: string, protocol: string | undefined, ip: string, req: IncomingMessage) {
-    logger.info({ code: err.code, closeCode: err.closeCode, ip, path: logPath(req.url), detail: err.message }, 'upgrade refused with a close code');
+  function acceptThenClose(socket: Socket, err: GuardError, key: string, protocol: string | undefined) {
     let answer = `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${acceptFor(key)}\r\n`;
     if (protocol !== undefined) answer += `Sec-WebSocket-Protocol: ${protocol}\r\n`;
     socket.write(`${answer}\r\n`);
@@ -267,7 +278,6 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
 
   /** The upstream refused the upgrade: relay its answer and close, never a tunnel (design.md §1). */
   function relayRefusal(socket: Socket, response: IncomingMessage): void {
-    logger.info({ status: response.statusCode }, 'upstream refused the upgrade');
     if (socket.destroyed) {
       response.destroy();
       return;
@@ -296,13 +306,15 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
     handle(req: IncomingMessage, socket: Socket, head: Buffer): void {
       pending.add(socket);
       socket.once('close', () => pending.delete(socket));
-      socket.on('error', (err) => logger.debug({ err: err.message }, 'client socket error during handshake'));
+      // Errors of a socket that goes away mid-handshake end it; they are not the guard's to report.
+      socket.on('error', () => socket.destroy());
       const ip = trusted.clientAddress(deps.forwardContext(req).peer, req.headers['x-forwarded-for']);
-      upgrade(req, socket, head, ip).catch((err: unknown) => {
-        if (socket.destroyed) logger.debug({ path: logPath(req.url) }, 'client left before the upgrade completed');
-        else if (err instanceof GuardError) refuse(socket, err, ip, req);
+      const hs: Handshake = { startedAt: Date.now(), ip, req, route: undefined };
+      upgrade(req, socket, head, hs).catch((err: unknown) => {
+        if (socket.destroyed) return;
+        if (err instanceof GuardError) refuse(socket, err, hs);
         else {
-          logger.error({ err }, 'upgrade failed');
+          events.emit('internalError', { err, where: 'upgrade' });
           socket.destroy();
         }
       });

@@ -1,5 +1,7 @@
 import { parseConfig } from '../../src/config/load.js';
 import { MemoryStore } from '../../src/limits/memory-store.js';
+import { GuardEvents } from '../../src/events.js';
+import { attachLogger } from '../../src/ops/audit-log.js';
 import { createLogger } from '../../src/ops/logger.js';
 import { startGuard, type Guard } from '../../src/server/guard.js';
 
@@ -22,7 +24,9 @@ export async function startTestGuard(config: Record<string, unknown>): Promise<T
   const logs: Record<string, unknown>[] = [];
   const logger = createLogger('debug', { write: (line: string) => void logs.push(JSON.parse(line)) });
   const store = new MemoryStore();
-  const guard = await startGuard(parseConfig({ listen: '127.0.0.1:0', ...config }, {}), logger, store);
+  const events = new GuardEvents();
+  attachLogger(events, logger);
+  const guard = await startGuard(parseConfig({ listen: '127.0.0.1:0', ...config }, {}), { events, store });
   return {
     guard,
     store,

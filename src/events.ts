@@ -1,0 +1,53 @@
+import { EventEmitter } from 'node:events';
+import type { ErrorCode } from './errors.js';
+import type { SessionEnd } from './proxy/session.js';
+
+/** Who a connection is, as far as the guard knows it once the handshake is checked. */
+export interface ConnectionMeta {
+  ip: string;
+  /** Request path with token query parameters redacted. */
+  path: string;
+  /** The matched route's prefix, '' for the top-level settings. */
+  route: string;
+  user: string | undefined;
+}
+
+export interface RefusedEvent {
+  code: ErrorCode;
+  status: number;
+  /** Set when the refusal was a 101 followed by this close code (`onReject: close`). */
+  closeCode?: number | undefined;
+  ip: string;
+  path: string | undefined;
+  route: string | undefined;
+  detail: string;
+  durationMs: number;
+}
+
+export interface SlotsEvent {
+  pool: string;
+  ratio: number;
+  warnAt: number;
+}
+
+/**
+ * What the core reports. Logs and metrics subscribe to these; the core never calls them (design.md §4,
+ * the undici diagnostics model), so either can be left out without touching the proxy.
+ */
+export type GuardEventMap = {
+  listening: [{ address: string; upstream: string }];
+  refused: [RefusedEvent];
+  /** The upstream answered the upgrade with something other than 101; it was relayed. */
+  upstreamRefused: [{ status: number; ip: string; path: string }];
+  opened: [ConnectionMeta & { session: number; durationMs: number }];
+  closed: [SessionEnd & ConnectionMeta];
+  /** Slot usage of a pool crossed its warnAt mark upwards. */
+  slotsWarning: [SlotsEvent];
+  draining: [{ open: number; timeoutMs: number }];
+  /** A plain HTTP request the guard answered itself (upstream down or slow). */
+  httpError: [{ code: ErrorCode; status: number; method: string; path: string; ip: string; detail: string }];
+  /** A bug: something threw that should not have. The connection concerned was dropped. */
+  internalError: [{ err: unknown; where: string }];
+};
+
+export class GuardEvents extends EventEmitter<GuardEventMap> {}

@@ -1,0 +1,30 @@
+import type { GuardEvents } from '../events.js';
+import type { Logger } from './logger.js';
+
+/**
+ * The log lines: one per refusal (code, status, why), one audit line per connection end (who, how long,
+ * messages and bytes each way, close code and who closed), and the lifecycle. Events carry no tokens
+ * (paths are redacted where they are made); pino's redaction is the second net.
+ */
+export function attachLogger(events: GuardEvents, logger: Logger): void {
+  events.on('listening', (e) => logger.info({ listen: e.address, upstream: e.upstream }, 'ws-guard listening'));
+  events.on('refused', (e) => {
+    logger.info({ code: e.code, status: e.status, closeCode: e.closeCode, ip: e.ip, path: e.path, route: e.route, detail: e.detail }, 'upgrade refused');
+  });
+  events.on('upstreamRefused', (e) => logger.info({ status: e.status, ip: e.ip, path: e.path }, 'upstream refused the upgrade'));
+  events.on('opened', (e) => logger.debug(e, 'connection open'));
+  events.on('closed', (e) => {
+    logger.info(
+      {
+        session: e.id, ip: e.ip, user: e.user, route: e.route, path: e.path, durationMs: e.durationMs,
+        messagesIn: e.messagesIn, messagesOut: e.messagesOut, bytesIn: e.bytesIn, bytesOut: e.bytesOut,
+        closeCode: e.closeCode, closedBy: e.closedBy, reason: e.reason, detail: e.detail,
+      },
+      'connection closed',
+    );
+  });
+  events.on('slotsWarning', (e) => logger.warn({ pool: e.pool || '(all)', usage: e.ratio, warnAt: e.warnAt }, 'connection slots nearly exhausted'));
+  events.on('httpError', (e) => logger.warn(e, 'http request failed'));
+  events.on('draining', (e) => logger.info(e, 'draining'));
+  events.on('internalError', (e) => logger.error({ err: e.err, where: e.where }, 'internal error'));
+}
