@@ -8,7 +8,9 @@ import type { GuardConfig } from '../config/schema.js';
 import { GuardEvents } from '../events.js';
 import { attachLogger } from '../ops/audit-log.js';
 import { createLogger } from '../ops/logger.js';
-import { startGuard } from '../server/guard.js';
+import { startGuard, type Guard } from '../server/guard.js';
+import { startAdmin } from '../ops/admin.js';
+import { createMetrics } from '../ops/metrics.js';
 import { parseDuration } from '../config/units.js';
 import { startEchoUpstream } from './echo-upstream.js';
 import { mintToken, printable } from './token.js';
@@ -32,10 +34,14 @@ async function run(config: GuardConfig, onStop?: () => Promise<void>): Promise<v
   const logger = createLogger();
   const events = new GuardEvents();
   attachLogger(events, logger);
-  const guard = await startGuard(config, { events });
+  let guard: Guard | undefined;
+  const metrics = config.admin && createMetrics(config, events, () => guard);
+  guard = await startGuard(config, { events });
+  const admin = metrics && (await startAdmin(config, guard, metrics));
   const stop = (signal: NodeJS.Signals) => {
     logger.info({ signal }, 'stopping');
-    void guard.drain().then(() => onStop?.()).then(() => process.exit(0));
+    // The admin listener stays up through the drain, so /readyz answers 503 meanwhile.
+    void guard!.drain().then(() => admin?.close()).then(() => onStop?.()).then(() => process.exit(0));
   };
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);

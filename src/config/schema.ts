@@ -262,6 +262,8 @@ export const configSchema = z
   .strictObject({
     listen,
     upstream,
+    /** The admin listener: /healthz, /readyz, /metrics. Keep it off the public interface. */
+    admin: unit(parseHostPort, 'host:port').optional(),
     trustedProxies: z.array(cidr).default([]),
     compression: z.enum(['passthrough', 'off'], { error: 'expected passthrough or off' }).default('passthrough'),
     timeouts,

@@ -154,6 +154,11 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
     this.armCloseTimer();
   }
 
+  /** Messages and bytes so far, each way, for live metrics. */
+  get counts(): { messagesIn: number; messagesOut: number; bytesIn: number; bytesOut: number } {
+    return { messagesIn: this.c2u.messages, messagesOut: this.u2c.messages, bytesIn: this.c2u.bytes, bytesOut: this.u2c.bytes };
+  }
+
   /** Bytes the guard holds for this connection in its socket buffers, both ways. */
   get bufferedBytes(): number {
     return this.client.writableLength + this.upstream.writableLength + this.client.readableLength + this.upstream.readableLength;

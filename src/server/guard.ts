@@ -24,6 +24,8 @@ export interface Guard {
   readonly host: string;
   /** Open WebSocket sessions. */
   readonly sessions: ReadonlySet<Session>;
+  /** Set once `drain` has begun. */
+  readonly draining: boolean;
   /**
    * Stops listening, closes every open connection with 1001 at a frame boundary on both sides, and
    * resolves when all are gone or after `timeouts.drain`, when the rest are destroyed.
@@ -121,6 +123,9 @@ export async function startGuard(config: GuardConfig, options: GuardOptions = {}
     port: address.port,
     host: address.address,
     sessions,
+    get draining() {
+      return draining;
+    },
     async drain() {
       draining = true;
       const closed = stopListening();

@@ -2,7 +2,9 @@ import { parseConfig } from '../../src/config/load.js';
 import { MemoryStore } from '../../src/limits/memory-store.js';
 import { GuardEvents } from '../../src/events.js';
 import { attachLogger } from '../../src/ops/audit-log.js';
+import { startAdmin } from '../../src/ops/admin.js';
 import { createLogger } from '../../src/ops/logger.js';
+import { createMetrics } from '../../src/ops/metrics.js';
 import { startGuard, type Guard } from '../../src/server/guard.js';
 
 export interface TestGuard {
@@ -14,6 +16,8 @@ export interface TestGuard {
   wsUrl: string;
   /** http://127.0.0.1:port */
   httpUrl: string;
+  /** http://127.0.0.1:port of the admin listener, when the config has `admin`. */
+  adminUrl: string | undefined;
   /** Every log line the guard wrote, parsed. */
   logs: Record<string, unknown>[];
   close(): Promise<void>;
@@ -26,7 +30,12 @@ export async function startTestGuard(config: Record<string, unknown>): Promise<T
   const store = new MemoryStore();
   const events = new GuardEvents();
   attachLogger(events, logger);
-  const guard = await startGuard(parseConfig({ listen: '127.0.0.1:0', ...config }, {}), { events, store });
+  const parsed = parseConfig({ listen: '127.0.0.1:0', ...config }, {});
+  let started: Guard | undefined;
+  const metrics = parsed.admin && createMetrics(parsed, events, () => started);
+  const guard = await startGuard(parsed, { events, store });
+  started = guard;
+  const admin = metrics && (await startAdmin(parsed, guard, metrics));
   return {
     guard,
     store,
@@ -34,8 +43,10 @@ export async function startTestGuard(config: Record<string, unknown>): Promise<T
     wsUrl: `ws://127.0.0.1:${guard.port}`,
     httpUrl: `http://127.0.0.1:${guard.port}`,
     logs,
+    adminUrl: admin && `http://127.0.0.1:${admin.port}`,
     close: async () => {
       await guard.close();
+      await admin?.close();
       store.close();
     },
   };

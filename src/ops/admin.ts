@@ -1,0 +1,66 @@
+import http from 'node:http';
+import net, { type AddressInfo } from 'node:net';
+import type { Registry } from 'prom-client';
+import type { GuardConfig } from '../config/schema.js';
+import type { Guard } from '../server/guard.js';
+
+/** How long one upstream TCP probe may take, and how long its answer is reused (probes are cheap, not free). */
+const PROBE_TIMEOUT_MS = 1000;
+const PROBE_CACHE_MS = 1000;
+
+function probeUpstream(host: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host, port });
+    const done = (ok: boolean) => {
+      socket.destroy();
+      resolve(ok);
+    };
+    socket.setTimeout(PROBE_TIMEOUT_MS, () => done(false));
+    socket.once('connect', () => done(true));
+    socket.once('error', () => done(false));
+  });
+}
+
+export interface Admin {
+  port: number;
+  close(): Promise<void>;
+}
+
+/**
+ * The admin listener (keep it off the public interface): `/healthz` says the process is alive,
+ * `/readyz` says it should get traffic (listening, not draining, upstream accepting TCP), `/metrics` is
+ * Prometheus text.
+ */
+export async function startAdmin(config: GuardConfig, guard: Guard, registry: Registry): Promise<Admin> {
+  const address = config.admin!;
+  let probe: { at: number; ok: Promise<boolean> } | undefined;
+  const upstreamUp = () => {
+    if (probe === undefined || Date.now() - probe.at > PROBE_CACHE_MS) {
+      probe = { at: Date.now(), ok: probeUpstream(config.upstream.host, config.upstream.port) };
+    }
+    return probe.ok;
+  };
+
+  const server = http.createServer(async (req, res) => {
+    const path = (req.url ?? '/').split('?')[0];
+    const text = (status: number, body: string, type = 'text/plain; charset=utf-8') => {
+      res.writeHead(status, { 'Content-Type': type, 'Cache-Control': 'no-store' }).end(body);
+    };
+    if (req.method !== 'GET' && req.method !== 'HEAD') return text(405, 'GET only\n');
+    if (path === '/healthz') return text(200, 'ok\n');
+    if (path === '/readyz') {
+      if (guard.draining) return text(503, 'draining\n');
+      return (await upstreamUp()) ? text(200, 'ready\n') : text(503, 'upstream unreachable\n');
+    }
+    if (path === '/metrics') return text(200, await registry.metrics(), registry.contentType);
+    return text(404, 'not found: /healthz /readyz /metrics\n');
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(address.port, address.host, () => resolve());
+  });
+  return {
+    port: (server.address() as AddressInfo).port,
+    close: () => new Promise((resolve) => server.close(() => resolve())),
+  };
+}
