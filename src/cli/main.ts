@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, watchFile } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
 import { stringify } from 'yaml';
@@ -30,7 +30,15 @@ function configOrExit(build: () => GuardConfig): GuardConfig {
   }
 }
 
-async function run(config: GuardConfig, onStop?: () => Promise<void>): Promise<void> {
+interface RunOptions {
+  /** Re-reads the config for SIGHUP (and --watch); absent for the demo. */
+  reload?: () => GuardConfig;
+  /** A file to watch: a change reloads like SIGHUP. */
+  watch?: string;
+  onStop?: () => Promise<void>;
+}
+
+async function run(config: GuardConfig, options: RunOptions = {}): Promise<void> {
   const logger = createLogger();
   const events = new GuardEvents();
   attachLogger(events, logger);
@@ -41,10 +49,32 @@ async function run(config: GuardConfig, onStop?: () => Promise<void>): Promise<v
   const stop = (signal: NodeJS.Signals) => {
     logger.info({ signal }, 'stopping');
     // The admin listener stays up through the drain, so /readyz answers 503 meanwhile.
-    void guard!.drain().then(() => admin?.close()).then(() => onStop?.()).then(() => process.exit(0));
+    void guard!.drain().then(() => admin?.close()).then(() => options.onStop?.()).then(() => process.exit(0));
   };
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);
+
+  const { reload } = options;
+  if (reload === undefined) return;
+  const apply = (trigger: string) => {
+    try {
+      guard!.reload(reload());
+      logger.info({ trigger }, 'config reloaded: new connections use it, open ones keep theirs');
+    } catch (err) {
+      // The old config stays: a bad edit must never take the guard down.
+      const problems = err instanceof ConfigError ? err.problems : [(err as Error).message];
+      logger.error({ trigger, problems }, 'config reload refused; the previous config stays');
+    }
+  };
+  process.on('SIGHUP', () => apply('SIGHUP'));
+  if (options.watch !== undefined) {
+    // Editors save in several steps; one reload once the file has been quiet for a moment.
+    let timer: NodeJS.Timeout | undefined;
+    watchFile(options.watch, { interval: 500 }, () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => apply('watch'), 200);
+    });
+  }
 }
 
 const program = new Command('ws-guard')
@@ -52,9 +82,11 @@ const program = new Command('ws-guard')
   .version(pkg.version)
   .enablePositionalOptions()
   .addOption(new Option('-c, --config <file>', 'YAML config file (see config/guard.example.yaml)'))
-  .action(async (options: { config?: string }) => {
-    if (!options.config) program.help({ error: true });
-    await run(configOrExit(() => loadConfigFile(options.config!)));
+  .option('--watch', 'reload the config file when it changes (SIGHUP always reloads)')
+  .action(async (options: { config?: string; watch?: boolean }) => {
+    const file = options.config;
+    if (file === undefined) return program.help({ error: true });
+    await run(configOrExit(() => loadConfigFile(file)), { reload: () => loadConfigFile(file), watch: options.watch ? file : undefined });
   });
 
 program
@@ -99,7 +131,7 @@ program
     const config = configOrExit(() =>
       parseConfig({ ...example, listen: options.listen, upstream: `http://127.0.0.1:${echo.port}` }, env),
     );
-    await run(config, () => echo.close());
+    await run(config, { onStop: () => echo.close() });
     const token = await mintToken(config.auth!.jwt, { sub: 'demo-user', ttlMs: 3_600_000 });
     const base = `ws://${options.listen}`;
     const client = (url: string, protocols: string) =>

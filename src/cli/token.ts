@@ -19,7 +19,8 @@ export async function mintToken(jwt: JwtConfig, claims: { sub: string; ttlMs: nu
 /** The config as `check` prints it: secrets masked, key files named by path only. */
 export function printable(value: unknown, key = ''): unknown {
   if (key === 'secret' && typeof value === 'string') return '********';
-  if (key === 'publicKey' && value !== null && typeof value === 'object' && 'path' in value) return (value as { path: string }).path;
+  // Files read into the config (public key, TLS certificate and key) are shown by their path.
+  if (value !== null && typeof value === 'object' && 'path' in value && ('pem' in value)) return (value as { path: string }).path;
   if (value instanceof URL) return value.href;
   if (Array.isArray(value)) return value.map((v) => printable(v));
   if (value !== null && typeof value === 'object') {

@@ -1,5 +1,6 @@
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { createSecureContext } from 'node:tls';
 import net from 'node:net';
 import { z } from 'zod';
 import { parseOriginPattern } from '../policies/origin.js';
@@ -35,12 +36,36 @@ function parseHostPort(text: string): { host: string; port: number } | undefined
 
 const port = z.number({ error: 'expected a port number' }).int().min(0).max(65535);
 
-const listen = z.union(
-  [
-    unit(parseHostPort, 'host:port'),
-    z.strictObject({ host: z.string().default('0.0.0.0'), port }),
-  ],
-  { error: 'expected host:port or { host, port }' },
+function readFile(path: string): { path: string; pem: string } | undefined {
+  try {
+    return { path, pem: readFileSync(path, 'utf8') };
+  } catch {
+    return undefined;
+  }
+}
+
+const tlsFiles = z
+  .strictObject({
+    cert: unit(readFile, 'a readable PEM certificate (chain) file'),
+    key: unit(readFile, 'a readable PEM private key file'),
+  })
+  .superRefine((tls, ctx) => {
+    try {
+      createSecureContext({ cert: tls.cert.pem, key: tls.key.pem });
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', path: ['key'], message: `does not fit the certificate: ${(err as Error).message}` });
+    }
+  });
+
+/** `host:port`, or `{ host, port, tls: { cert, key } }` to serve wss:// directly. */
+const listen = z.preprocess(
+  (value, ctx) => {
+    if (typeof value !== 'string') return value;
+    const parsed = parseHostPort(value);
+    if (parsed === undefined) ctx.addIssue({ code: 'custom', message: `expected host:port, got "${value}"` });
+    return parsed ?? {};
+  },
+  z.strictObject({ host: z.string().default('0.0.0.0'), port, tls: tlsFiles.optional() }, { error: 'expected host:port or { host, port, tls }' }),
 );
 
 function parseUpstream(text: string): { host: string; port: number; origin: string } | undefined {

@@ -1,15 +1,16 @@
-import http, { type IncomingMessage } from 'node:http';
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import https from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import type { GuardConfig } from '../config/schema.js';
 import { GuardError } from '../errors.js';
+import { GuardEvents } from '../events.js';
 import { MemoryStore } from '../limits/memory-store.js';
 import type { LimitStore } from '../limits/store.js';
-import { GuardEvents } from '../events.js';
 import type { Session, SessionEnd } from '../proxy/session.js';
 import { TrustedProxies, normalizeAddress, type ForwardContext } from './forwarded.js';
 import { createHttpPassThrough } from './http-proxy.js';
 import { createRouter, identityHeaderNames } from './routes.js';
-import { createUpgradeHandler } from './upgrade.js';
+import { createUpgradeHandler, type Handshake } from './upgrade.js';
 
 export interface GuardOptions {
   /** Where the guard reports what happens; subscribe logs and metrics here before starting. */
@@ -27,6 +28,11 @@ export interface Guard {
   /** Set once `drain` has begun. */
   readonly draining: boolean;
   /**
+   * Applies a new config to new connections; open ones keep the settings they started with. The
+   * listener's address cannot change without a restart: such a config is refused (throws), the old stays.
+   */
+  reload(config: GuardConfig): void;
+  /**
    * Stops listening, closes every open connection with 1001 at a frame boundary on both sides, and
    * resolves when all are gone or after `timeouts.drain`, when the rest are destroyed.
    */
@@ -35,58 +41,87 @@ export interface Guard {
   close(): Promise<void>;
 }
 
+interface Shared {
+  events: GuardEvents;
+  store: LimitStore;
+  sessions: Set<Session>;
+  pending: Set<Socket>;
+  nextId: () => number;
+  draining: () => boolean;
+}
+
+/** Everything derived from one config. A reload builds a new one; the listener switches to it at once. */
+function createRuntime(config: GuardConfig, shared: Shared) {
+  const trusted = new TrustedProxies(config.trustedProxies);
+  const identityHeaders = identityHeaderNames(config);
+  const proto = config.listen.tls ? 'https' : 'http';
+  const forwardContext = (req: IncomingMessage): ForwardContext => {
+    const peer = normalizeAddress(req.socket.remoteAddress);
+    return { peer, trusted: trusted.has(peer), proto, host: req.headers.host };
+  };
+  const upgrades = createUpgradeHandler({
+    config,
+    events: shared.events,
+    trusted,
+    route: createRouter(config),
+    identityHeaders,
+    forwardContext,
+    store: shared.store,
+    draining: shared.draining,
+    pending: shared.pending,
+    nextId: shared.nextId,
+    onSession(session, meta) {
+      shared.sessions.add(session);
+      session.once('end', (end: SessionEnd) => {
+        shared.sessions.delete(session);
+        shared.events.emit('closed', { ...end, ...meta });
+      });
+    },
+  });
+  const passThrough = createHttpPassThrough(config, shared.events, identityHeaders);
+  return {
+    config,
+    upgrades,
+    request: (req: IncomingMessage, res: ServerResponse) => passThrough(req, res, forwardContext(req)),
+  };
+}
+
 /**
  * Starts the listener: plain requests are passed through, upgrades are checked, dialled to the upstream
  * and, on a valid 101, handed to a Session that inspects every frame both ways.
  */
 export async function startGuard(config: GuardConfig, options: GuardOptions = {}): Promise<Guard> {
   const events = options.events ?? new GuardEvents();
-  const store = options.store ?? new MemoryStore();
-  const trusted = new TrustedProxies(config.trustedProxies);
-  const identityHeaders = identityHeaderNames(config);
-  const passThrough = createHttpPassThrough(config, events, identityHeaders);
   const sessions = new Set<Session>();
+  const pending = new Set<Socket>();
   let draining = false;
+  let lastId = 0;
+  const shared: Shared = {
+    events, store: options.store ?? new MemoryStore(), sessions, pending, nextId: () => ++lastId, draining: () => draining,
+  };
+  let runtime = createRuntime(config, shared);
 
-  const server = http.createServer({
+  const serverOptions = {
     // The handshake deadline (design.md §3 timeouts.handshake) is Node's own headers timeout, answered 408.
     headersTimeout: config.timeouts.handshake,
     requestTimeout: 0,
     connectionsCheckingInterval: Math.min(1000, Math.max(100, Math.floor(config.timeouts.handshake / 4))),
-  });
-
-  const forwardContext = (req: IncomingMessage): ForwardContext => {
-    const peer = normalizeAddress(req.socket.remoteAddress);
-    return { peer, trusted: trusted.has(peer), proto: 'http', host: req.headers.host };
   };
+  const tls = config.listen.tls;
+  const server = tls
+    ? https.createServer({ ...serverOptions, cert: tls.cert.pem, key: tls.key.pem })
+    : http.createServer(serverOptions);
 
-  const upgrades = createUpgradeHandler({
-    config,
-    events,
-    trusted,
-    route: createRouter(config),
-    identityHeaders,
-    forwardContext,
-    store,
-    draining: () => draining,
-    onSession(session, meta) {
-      sessions.add(session);
-      session.once('end', (end: SessionEnd) => {
-        sessions.delete(session);
-        events.emit('closed', { ...end, ...meta });
-      });
-    },
-  });
   /** A refusal before any request was parsed (CONNECT, malformed heads, timeouts). */
-  const early = (socket: Socket, req?: IncomingMessage) => ({
+  const early = (socket: Socket, req?: IncomingMessage): Handshake => ({
     startedAt: Date.now(), ip: normalizeAddress(socket.remoteAddress), req, route: undefined,
   });
 
-  server.on('request', (req, res) => passThrough(req, res, forwardContext(req)));
+  server.on('request', (req, res) => runtime.request(req, res));
 
   server.on('connect', (req, socket: Socket) => {
     socket.on('error', () => socket.destroy());
-    upgrades.refuse(socket, new GuardError('BAD_METHOD', 'CONNECT', { Allow: 'GET' }), early(socket, req));
+    runtime.upgrades.refuse(socket, new GuardError('BAD_METHOD', 'CONNECT', { Allow: 'GET' }), early(socket, req));
   });
 
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
@@ -97,10 +132,10 @@ export async function startGuard(config: GuardConfig, options: GuardOptions = {}
     const code = err.code === 'HPE_HEADER_OVERFLOW'
       ? 'HEADERS_TOO_LARGE'
       : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'HANDSHAKE_TIMEOUT' : 'BAD_REQUEST';
-    upgrades.refuse(socket, new GuardError(code, err.code), early(socket));
+    runtime.upgrades.refuse(socket, new GuardError(code, err.code), early(socket));
   });
 
-  server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => upgrades.handle(req, socket, head));
+  server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => runtime.upgrades.handle(req, socket, head));
 
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -117,6 +152,9 @@ export async function startGuard(config: GuardConfig, options: GuardOptions = {}
       server.close(() => resolve());
       server.closeIdleConnections();
     });
+  const destroyPending = () => {
+    for (const socket of pending) socket.destroy();
+  };
 
   return {
     events,
@@ -126,23 +164,34 @@ export async function startGuard(config: GuardConfig, options: GuardOptions = {}
     get draining() {
       return draining;
     },
+    reload(next) {
+      const { listen } = runtime.config;
+      if (next.listen.host !== listen.host || next.listen.port !== listen.port || Boolean(next.listen.tls) !== Boolean(listen.tls)) {
+        throw new Error('listen (address or TLS on/off) changes only with a restart');
+      }
+      if (next.listen.tls && server instanceof https.Server) {
+        server.setSecureContext({ cert: next.listen.tls.cert.pem, key: next.listen.tls.key.pem });
+      }
+      server.headersTimeout = next.timeouts.handshake;
+      runtime = createRuntime(next, shared);
+    },
     async drain() {
       draining = true;
       const closed = stopListening();
-      events.emit('draining', { open: sessions.size, timeoutMs: config.timeouts.drain });
+      events.emit('draining', { open: sessions.size, timeoutMs: runtime.config.timeouts.drain });
       for (const session of sessions) session.close('SHUTTING_DOWN', 'drain');
       const deadline = setTimeout(() => {
         for (const session of sessions) session.destroy();
-        upgrades.destroyPending();
+        destroyPending();
         server.closeAllConnections();
-      }, config.timeouts.drain);
+      }, runtime.config.timeouts.drain);
       await closed;
       clearTimeout(deadline);
     },
     async close() {
       const closed = stopListening();
       for (const session of sessions) session.destroy();
-      upgrades.destroyPending();
+      destroyPending();
       server.closeAllConnections();
       await closed;
     },

@@ -31,6 +31,10 @@ export interface UpgradeDeps {
   store: LimitStore;
   /** True once the guard is draining: new upgrades are refused with 503. */
   draining: () => boolean;
+  /** Sockets between the upgrade event and their session (or refusal): the listener's shutdown ends them. */
+  pending: Set<Socket>;
+  /** Session ids, unique for the life of the process (a reload keeps counting). */
+  nextId: () => number;
   /** Called with each new session, which the caller tracks. */
   onSession: (session: Session, meta: ConnectionMeta) => void;
 }
@@ -83,7 +87,7 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
   const { config, events, trusted } = deps;
   const dropped = new Set(['sec-websocket-extensions', 'sec-websocket-protocol', ...deps.identityHeaders]);
   const logPath = pathRedactor(config);
-  let nextId = 1;
+  const { pending } = deps;
   /** Pools whose usage is at or over their warnAt mark. */
   const warned = new Set<string>();
 
@@ -234,7 +238,7 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
     }
     const bucket = rate === undefined ? undefined : shared ?? new TokenBucket(rate.rate, rate.burst, Date.now());
     const session = new Session({
-      id: nextId++,
+      id: deps.nextId(),
       client: socket,
       upstream: result.socket,
       clientHead: head,
@@ -295,14 +299,8 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
     response.once('error', () => socket.destroy());
   }
 
-  /** Sockets between the upgrade event and their session (or refusal): the listener's shutdown ends them. */
-  const pending = new Set<Socket>();
-
   return {
     refuse,
-    destroyPending(): void {
-      for (const socket of pending) socket.destroy();
-    },
     handle(req: IncomingMessage, socket: Socket, head: Buffer): void {
       pending.add(socket);
       socket.once('close', () => pending.delete(socket));
