@@ -1,7 +1,9 @@
+import cluster from 'node:cluster';
 import { randomBytes } from 'node:crypto';
 import { readFileSync, watchFile } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
+import { AggregatorRegistry } from 'prom-client';
 import { stringify } from 'yaml';
 import { ConfigError, loadConfigFile, parseConfig, readConfigTree } from '../config/load.js';
 import type { GuardConfig } from '../config/schema.js';
@@ -10,7 +12,9 @@ import { attachLogger } from '../ops/audit-log.js';
 import { createLogger } from '../ops/logger.js';
 import { startGuard, type Guard } from '../server/guard.js';
 import { startAdmin } from '../ops/admin.js';
-import { createMetrics } from '../ops/metrics.js';
+import { createMetrics, metricsSource } from '../ops/metrics.js';
+import { IpcStore } from '../limits/ipc-store.js';
+import { runPrimary, workerCount } from './cluster.js';
 import { parseDuration } from '../config/units.js';
 import { startEchoUpstream } from './echo-upstream.js';
 import { mintToken, printable } from './token.js';
@@ -40,12 +44,22 @@ interface RunOptions {
 
 async function run(config: GuardConfig, options: RunOptions = {}): Promise<void> {
   const logger = createLogger();
+  if (workerCount(config) > 1 && cluster.isPrimary) return runPrimary(config, logger);
   const events = new GuardEvents();
   attachLogger(events, logger);
   let guard: Guard | undefined;
   const metrics = config.admin && createMetrics(config, events, () => guard);
-  guard = await startGuard(config, { events });
-  const admin = metrics && (await startAdmin(config, guard, metrics));
+  // In a worker, slots and handshakes are counted by the primary, and it serves the admin listener.
+  if (metrics && cluster.isWorker) {
+    // prom-client answers the primary's metric requests once an AggregatorRegistry exists in the worker.
+    new AggregatorRegistry();
+    AggregatorRegistry.setRegistries([metrics]);
+  }
+  guard = await startGuard(config, { events, store: cluster.isWorker ? new IpcStore() : undefined });
+  const started = guard;
+  const admin = metrics && cluster.isPrimary
+    ? await startAdmin(config, { draining: () => started.draining, metrics: metricsSource(metrics) })
+    : undefined;
   const stop = (signal: NodeJS.Signals) => {
     logger.info({ signal }, 'stopping');
     // The admin listener stays up through the drain, so /readyz answers 503 meanwhile.

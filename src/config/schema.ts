@@ -289,6 +289,8 @@ export const configSchema = z
     upstream,
     /** The admin listener: /healthz, /readyz, /metrics. Keep it off the public interface. */
     admin: unit(parseHostPort, 'host:port').optional(),
+    /** Processes sharing the listener; `auto` is one per core. Connection and handshake limits hold for the group. */
+    workers: z.union([positive, z.literal('auto')], { error: 'expected a number of processes or auto' }).default(1),
     trustedProxies: z.array(cidr).default([]),
     compression: z.enum(['passthrough', 'off'], { error: 'expected passthrough or off' }).default('passthrough'),
     timeouts,

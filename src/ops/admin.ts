@@ -1,8 +1,6 @@
 import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
-import type { Registry } from 'prom-client';
 import type { GuardConfig } from '../config/schema.js';
-import type { Guard } from '../server/guard.js';
 
 /** How long one upstream TCP probe may take, and how long its answer is reused (probes are cheap, not free). */
 const PROBE_TIMEOUT_MS = 1000;
@@ -31,7 +29,14 @@ export interface Admin {
  * `/readyz` says it should get traffic (listening, not draining, upstream accepting TCP), `/metrics` is
  * Prometheus text.
  */
-export async function startAdmin(config: GuardConfig, guard: Guard, registry: Registry): Promise<Admin> {
+export interface AdminSources {
+  /** True once the guard (or the process group) is draining. */
+  draining: () => boolean;
+  /** The Prometheus text and its content type. */
+  metrics: () => Promise<{ contentType: string; text: string }>;
+}
+
+export async function startAdmin(config: GuardConfig, sources: AdminSources): Promise<Admin> {
   const address = config.admin!;
   let probe: { at: number; ok: Promise<boolean> } | undefined;
   const upstreamUp = () => {
@@ -49,10 +54,13 @@ export async function startAdmin(config: GuardConfig, guard: Guard, registry: Re
     if (req.method !== 'GET' && req.method !== 'HEAD') return text(405, 'GET only\n');
     if (path === '/healthz') return text(200, 'ok\n');
     if (path === '/readyz') {
-      if (guard.draining) return text(503, 'draining\n');
+      if (sources.draining()) return text(503, 'draining\n');
       return (await upstreamUp()) ? text(200, 'ready\n') : text(503, 'upstream unreachable\n');
     }
-    if (path === '/metrics') return text(200, await registry.metrics(), registry.contentType);
+    if (path === '/metrics') {
+      const metrics = await sources.metrics();
+      return text(200, metrics.text, metrics.contentType);
+    }
     return text(404, 'not found: /healthz /readyz /metrics\n');
   });
   await new Promise<void>((resolve, reject) => {

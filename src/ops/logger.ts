@@ -9,7 +9,7 @@ export type { Logger };
 export function createLogger(level = process.env.WS_GUARD_LOG_LEVEL ?? 'info', destination?: DestinationStream): Logger {
   const options = {
     level,
-    base: { service: 'ws-guard' },
+    base: { service: 'ws-guard', pid: process.pid },
     redact: { paths: ['headers.authorization', 'headers.cookie', 'headers["sec-websocket-protocol"]'], censor: '[redacted]' },
   };
   return destination ? pino(options, destination) : pino(options);

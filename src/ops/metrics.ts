@@ -95,3 +95,8 @@ export function createMetrics(config: GuardConfig, events: GuardEvents, guard: (
   });
   return registry;
 }
+
+/** What the admin listener serves from one registry. */
+export function metricsSource(registry: Registry) {
+  return async () => ({ contentType: registry.contentType, text: await registry.metrics() });
+}

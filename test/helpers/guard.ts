@@ -4,7 +4,7 @@ import { GuardEvents } from '../../src/events.js';
 import { attachLogger } from '../../src/ops/audit-log.js';
 import { startAdmin } from '../../src/ops/admin.js';
 import { createLogger } from '../../src/ops/logger.js';
-import { createMetrics } from '../../src/ops/metrics.js';
+import { createMetrics, metricsSource } from '../../src/ops/metrics.js';
 import { startGuard, type Guard } from '../../src/server/guard.js';
 
 export interface TestGuard {
@@ -35,7 +35,7 @@ export async function startTestGuard(config: Record<string, unknown>): Promise<T
   const metrics = parsed.admin && createMetrics(parsed, events, () => started);
   const guard = await startGuard(parsed, { events, store });
   started = guard;
-  const admin = metrics && (await startAdmin(parsed, guard, metrics));
+  const admin = metrics && (await startAdmin(parsed, { draining: () => guard.draining, metrics: metricsSource(metrics) }));
   return {
     guard,
     store,

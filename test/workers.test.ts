@@ -1,0 +1,75 @@
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type WebSocket from 'ws';
+import { closed, freePort, open } from './helpers/clients.js';
+import { until } from './helpers/guard.js';
+import { startUpstream, type Upstream } from './helpers/upstream.js';
+
+const bin = fileURLToPath(new URL('../bin/ws-guard.js', import.meta.url));
+let upstream: Upstream;
+let dir: string;
+
+beforeAll(async () => {
+  upstream = await startUpstream();
+  dir = mkdtempSync(join(tmpdir(), 'ws-guard-workers-'));
+});
+afterAll(async () => {
+  await upstream?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('workers: 2', () => {
+  it('share one port; total 4 holds exactly for the group; SIGTERM drains every worker and exits 0', async () => {
+    const port = await freePort();
+    const adminPort = await freePort();
+    const file = join(dir, 'workers.yaml');
+    writeFileSync(file, [
+      `listen: 127.0.0.1:${port}`,
+      `upstream: ${upstream.url}`,
+      `admin: 127.0.0.1:${adminPort}`,
+      'workers: 2',
+      'limits: { connections: { total: 4 } }',
+      '',
+    ].join('\n'));
+    const child = spawn(process.execPath, [bin, '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    const logs = () => out.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg: string; pid: number });
+    const sockets: WebSocket[] = [];
+    try {
+      await until(() => logs().filter((l) => l.msg === 'ws-guard listening').length === 2, 15_000, 'two workers');
+      const pids = new Set(logs().filter((l) => l.msg === 'ws-guard listening').map((l) => l.pid));
+      expect(pids.size).toBe(2);
+
+      for (let i = 0; i < 4; i++) sockets.push(await open(`ws://127.0.0.1:${port}/ws/echo`));
+      for (let i = 0; i < 3; i++) {
+        const refused = await open(`ws://127.0.0.1:${port}/ws/echo`).catch((e: { status: number; headers: Record<string, string> }) => e);
+        expect(refused).toMatchObject({ status: 503, headers: { 'x-ws-guard-error': 'CONNECTIONS_FULL' } });
+      }
+      const metrics = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
+      expect(metrics).toMatch(/^ws_guard_connections_active\{route="\/"\} 4$/m);
+
+      const first = sockets.shift()!;
+      first.close();
+      await closed(first);
+      await until(async () => {
+        const ws = await open(`ws://127.0.0.1:${port}/ws/echo`).catch(() => undefined);
+        if (ws) sockets.push(ws);
+        return ws !== undefined;
+      }, 5000, 'a slot to come back');
+
+      const closes = sockets.map((ws) => closed(ws));
+      const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+      child.kill('SIGTERM');
+      expect((await Promise.all(closes)).map((c) => c.code)).toEqual([1001, 1001, 1001, 1001]);
+      expect(await exited).toBe(0);
+    } finally {
+      for (const ws of sockets) ws.terminate();
+      if (child.exitCode === null) child.kill('SIGKILL');
+    }
+  });
+});
