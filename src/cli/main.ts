@@ -158,6 +158,7 @@ program
         `  no token, refused with 401:  ${client(`${base}/`, '')}\n` +
         `  route without auth:  ${client(`${base}/public`, '')}\n` +
         `  HTTP:  curl http://${options.listen}/hello\n` +
+        (config.admin ? `  metrics:  curl http://${config.admin.host}:${config.admin.port}/metrics\n` : '') +
         `  stop with Ctrl-C\n\n`,
     );
   });
