@@ -44,24 +44,18 @@ export function createMetrics(config: GuardConfig, events: GuardEvents, guard: (
     }
     return totals;
   };
-  new Counter({
-    name: 'ws_guard_messages_total', help: 'WebSocket data messages, by direction', labelNames: ['direction'], registers: [registry],
-    collect() {
-      const t = live();
-      this.reset();
-      this.inc({ direction: 'client_to_upstream' }, t.messagesIn);
-      this.inc({ direction: 'upstream_to_client' }, t.messagesOut);
-    },
-  });
-  new Counter({
-    name: 'ws_guard_bytes_total', help: 'WebSocket bytes on the wire (frames), by direction', labelNames: ['direction'], registers: [registry],
-    collect() {
-      const t = live();
-      this.reset();
-      this.inc({ direction: 'client_to_upstream' }, t.bytesIn);
-      this.inc({ direction: 'upstream_to_client' }, t.bytesOut);
-    },
-  });
+  const perDirection = (name: string, help: string, inbound: keyof typeof closedTotals, outbound: keyof typeof closedTotals) =>
+    new Counter({
+      name, help, labelNames: ['direction'], registers: [registry],
+      collect() {
+        const t = live();
+        this.reset();
+        this.inc({ direction: 'client_to_upstream' }, t[inbound]);
+        this.inc({ direction: 'upstream_to_client' }, t[outbound]);
+      },
+    });
+  perDirection('ws_guard_messages_total', 'WebSocket data messages, by direction', 'messagesIn', 'messagesOut');
+  perDirection('ws_guard_bytes_total', 'WebSocket bytes on the wire (frames), by direction', 'bytesIn', 'bytesOut');
   new Gauge({
     name: 'ws_guard_slot_usage_ratio', help: 'Connection slots in use over the total cap, by pool', labelNames: ['pool'], registers: [registry],
     collect() {
