@@ -297,7 +297,8 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
   }
 
   private onUpstreamEnd(): void {
-    if (!this.u2c.closeSeen && this.closedBy !== 'guard' && !this.c2u.closeSeen) {
+    // The upstream ending after the client left (or after any close frame) is the end, not a vanishing.
+    if (!this.u2c.closeSeen && this.closedBy === null && !this.c2u.closeSeen) {
       this.upstreamGone('upstream ended the connection without a close frame');
       return;
     }
