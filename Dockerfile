@@ -8,6 +8,9 @@ RUN npm ci && npm prune --omit=dev
 FROM node:22-bookworm-slim
 WORKDIR /app
 ENV NODE_ENV=production
+# Keeps glibc from handing freed read buffers back to the kernel after every GC: with 64 KiB messages the
+# refaulting otherwise costs ws-guard several times its CPU (docs/performance.md, finding 2).
+ENV MALLOC_TRIM_THRESHOLD_=268435456
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY package.json ./

@@ -1,0 +1,450 @@
+// Benchmark load generator: a raw-socket WebSocket client (no `ws`), so that it costs as little CPU as
+// possible. Frames are binary, masked with one fixed key and built once; echoed frames are only counted
+// (header parsing, no payload copy). The CPU and RSS of the process(es) under test are read from /proc by
+// this process at the exact edges of the measured window.
+//
+// Usage: node bench/load.mjs '<json options>'   (spawned by bench/run.mjs)
+//   common:  { mode, port, pids: [..proxy pids..], otherPids: [..upstream pid..] }
+//   rate:    { size, rate, conns, warmupMs, durationMs }          fixed offered rate, latency + CPU
+//   pipe:    { size, conns, depth, warmupMs, durationMs }         saturation, `depth` in flight per conn
+//   idle:    { conns, concurrency, settleMs }                     RSS per idle connection
+// Prints exactly one JSON line with the result on stdout (progress on stderr), then exits.
+import { randomBytes } from 'node:crypto';
+import net from 'node:net';
+import { performance } from 'node:perf_hooks';
+import { cpuMicros, cpuMicrosSum, cpuSplitMicros, minorFaults, rssKiBSum } from './proc.mjs';
+
+const opts = JSON.parse(process.argv[2]);
+const HOST = '127.0.0.1';
+const MAX_LIFETIME_MS = 10 * 60_000;
+setTimeout(() => fail(new Error('load generator lifetime cap reached')), MAX_LIFETIME_MS).unref();
+process.stdin.on('end', () => process.exit(3));
+process.stdin.on('error', () => process.exit(3));
+process.stdin.resume();
+
+/** Chunks ('data' events) received by all connections: reads per echoed message tell how the path batches. */
+let chunksReceived = 0;
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function fail(err) {
+  process.stderr.write(`load: ${err.stack ?? err}\n`);
+  process.exit(2);
+}
+
+/** One masked binary frame of `size` payload bytes, pre-masked with a fixed key. */
+function maskedFrame(size) {
+  const hs = size < 126 ? 2 : size < 65536 ? 4 : 10;
+  const frame = Buffer.alloc(hs + 4 + size);
+  frame[0] = 0x82;
+  if (size < 126) frame[1] = 0x80 | size;
+  else if (size < 65536) {
+    frame[1] = 0x80 | 126;
+    frame.writeUInt16BE(size, 2);
+  } else {
+    frame[1] = 0x80 | 127;
+    frame.writeUInt32BE(Math.floor(size / 2 ** 32), 2);
+    frame.writeUInt32BE(size >>> 0, 6);
+  }
+  const key = Buffer.from([0x37, 0xfa, 0x21, 0x3d]);
+  key.copy(frame, hs);
+  for (let i = 0; i < size; i++) frame[hs + 4 + i] = (i * 31 + 7) & 0xff ^ key[i & 3];
+  return frame;
+}
+
+/** `count` copies of a frame back to back, so k frames are written as one subarray. */
+function frameBatch(size, count) {
+  const one = maskedFrame(size);
+  const batch = Buffer.alloc(one.length * count);
+  for (let i = 0; i < count; i++) one.copy(batch, i * one.length);
+  return { batch, frameLength: one.length };
+}
+
+/**
+ * A raw WebSocket connection: handshake, then counts server frames. `onFrames(n)` is called once per
+ * received chunk with the number of frames it completed.
+ */
+class Conn {
+  constructor(socket) {
+    this.socket = socket;
+    this.remaining = 0; // payload bytes left in the current frame
+    this.hdr = Buffer.alloc(14);
+    this.hlen = 0;
+    this.inFrame = false;
+    this.frames = 0;
+    this.closed = false;
+    this.onFrames = null;
+    this.sendTimes = []; // FIFO of send timestamps (rate mode)
+    this.head = 0;
+  }
+
+  /** Counts complete frames in `chunk`; returns how many it completed. */
+  parse(chunk) {
+    const len = chunk.length;
+    let pos = 0;
+    let done = 0;
+    while (pos < len) {
+      if (this.inFrame) {
+        const avail = len - pos;
+        if (this.remaining <= avail) {
+          pos += this.remaining;
+          this.remaining = 0;
+          this.inFrame = false;
+          done++;
+        } else {
+          this.remaining -= avail;
+          pos = len;
+        }
+        continue;
+      }
+      let buf = chunk;
+      let at = pos;
+      if (this.hlen === 0 && len - pos >= 2) {
+        const l7 = chunk[pos + 1] & 0x7f;
+        const hs = l7 < 126 ? 2 : l7 === 126 ? 4 : 10;
+        if (len - pos < hs) {
+          // fall through to the slow path
+        } else {
+          pos += hs;
+          this.startFrame(buf, at);
+          if (!this.inFrame) done++;
+          continue;
+        }
+      }
+      // Slow path: header split across chunks.
+      while (pos < len) {
+        this.hdr[this.hlen++] = chunk[pos++];
+        if (this.hlen >= 2) {
+          const l7 = this.hdr[1] & 0x7f;
+          const hs = l7 < 126 ? 2 : l7 === 126 ? 4 : 10;
+          if (this.hlen === hs) {
+            this.hlen = 0;
+            this.startFrame(this.hdr, 0);
+            if (!this.inFrame) done++;
+            break;
+          }
+        }
+      }
+    }
+    return done;
+  }
+
+  startFrame(buf, at) {
+    const b0 = buf[at];
+    if ((b0 & 0x0f) === 0x8) {
+      this.closed = true;
+      this.socket.destroy();
+    }
+    if (buf[at + 1] & 0x80) fail(new Error('masked frame from server'));
+    const l7 = buf[at + 1] & 0x7f;
+    const plen = l7 < 126 ? l7 : l7 === 126 ? buf.readUInt16BE(at + 2) : buf.readUInt32BE(at + 2) * 2 ** 32 + buf.readUInt32BE(at + 6);
+    this.remaining = plen;
+    this.inFrame = plen > 0;
+  }
+}
+
+/** Opens a WebSocket connection with a raw HTTP/1.1 upgrade. */
+function connect(port) {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: HOST, port, noDelay: true });
+    const conn = new Conn(socket);
+    let head = Buffer.alloc(0);
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error('handshake timeout'));
+    }, 15_000);
+    const onError = (err) => {
+      clearTimeout(timer);
+      reject(err);
+    };
+    socket.once('error', onError);
+    socket.once('connect', () => {
+      socket.write(
+        `GET /bench HTTP/1.1\r\nHost: ${HOST}:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+          `Sec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n` +
+          (opts.authorization ? `Authorization: Bearer ${opts.authorization}\r\n` : '') +
+          '\r\n',
+      );
+    });
+    const onHead = (chunk) => {
+      head = head.length === 0 ? chunk : Buffer.concat([head, chunk]);
+      const end = head.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      clearTimeout(timer);
+      socket.off('data', onHead);
+      socket.off('error', onError);
+      const status = head.subarray(0, head.indexOf('\r\n')).toString('latin1');
+      if (!/^HTTP\/1\.1 101 /.test(status)) {
+        socket.destroy();
+        reject(new Error(`upgrade refused: ${status}`));
+        return;
+      }
+      socket.on('error', () => {});
+      socket.on('close', () => {
+        conn.closed = true;
+      });
+      socket.on('data', (data) => {
+        chunksReceived++;
+        const n = conn.parse(data);
+        if (n > 0) {
+          conn.frames += n;
+          conn.onFrames?.(n);
+        }
+      });
+      const rest = head.subarray(end + 4);
+      if (rest.length > 0) conn.frames += conn.parse(rest);
+      resolve(conn);
+    };
+    socket.on('data', onHead);
+  });
+}
+
+async function connectMany(port, count, concurrency) {
+  const conns = new Array(count);
+  let next = 0;
+  const worker = async () => {
+    while (next < count) {
+      const i = next++;
+      conns[i] = await connect(port);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker));
+  return conns;
+}
+
+function snapshot() {
+  return {
+    t: performance.now(),
+    proxy: cpuMicrosSum(opts.pids ?? []),
+    proxySys: (opts.pids ?? []).reduce((sum, pid) => sum + cpuSplitMicros(pid)[1], 0),
+    proxyFaults: (opts.pids ?? []).reduce((sum, pid) => sum + minorFaults(pid), 0),
+    other: cpuMicrosSum(opts.otherPids ?? []),
+    self: cpuMicros(process.pid),
+  };
+}
+
+function cpuReport(a, b, messages) {
+  const wallUs = (b.t - a.t) * 1000;
+  const proxyUs = b.proxy - a.proxy;
+  const core1Us = b.other - a.other + (b.self - a.self);
+  return {
+    upstreamBusy: (b.other - a.other) / wallUs,
+    loadBusy: (b.self - a.self) / wallUs,
+    windowS: wallUs / 1e6,
+    messages,
+    proxyCpuUs: proxyUs,
+    proxyUsPerMsg: opts.pids?.length ? proxyUs / messages : null,
+    proxyBusy: opts.pids?.length ? proxyUs / wallUs : null,
+    proxySysShare: opts.pids?.length && proxyUs > 0 ? (b.proxySys - a.proxySys) / proxyUs : null,
+    proxyFaultsPerMsg: opts.pids?.length ? (b.proxyFaults - a.proxyFaults) / messages : null,
+    // upstream + this load generator, both pinned to the other core
+    core1Busy: core1Us / wallUs,
+  };
+}
+
+function percentile(sorted, p) {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+async function rateMode() {
+  const { port, size, rate, conns: nConns, warmupMs, durationMs } = opts;
+  const conns = await connectMany(port, nConns, 64);
+  const MAX_BATCH = 64;
+  const { batch, frameLength } = frameBatch(size, MAX_BATCH);
+  const capacity = Math.ceil((rate * durationMs) / 1000 * 1.5) + 1024;
+  const rtts = new Float64Array(capacity);
+  let nRtt = 0;
+  let recording = false;
+  let windowEchoes = 0;
+  let inWindow = false;
+  let outstanding = 0;
+
+  for (const conn of conns) {
+    conn.onFrames = (n) => {
+      const now = performance.now();
+      outstanding -= n;
+      if (inWindow) windowEchoes += n;
+      for (let i = 0; i < n; i++) {
+        const sent = conn.sendTimes[conn.head++];
+        // A negative time marks a message sent outside the recorded window.
+        if (sent >= 0 && nRtt < capacity) rtts[nRtt++] = now - sent;
+      }
+      if (conn.head === conn.sendTimes.length) {
+        conn.sendTimes.length = 0;
+        conn.head = 0;
+      }
+    };
+  }
+
+  const pending = new Int32Array(nConns);
+  let sent = 0;
+  let rr = 0;
+  let sending = true;
+  const t0 = performance.now();
+  const tick = () => {
+    if (!sending) return;
+    const now = performance.now();
+    let due = Math.floor(((now - t0) * rate) / 1000) - sent;
+    if (due <= 0) return;
+    sent += due;
+    while (due-- > 0) {
+      pending[rr]++;
+      rr = rr + 1 === nConns ? 0 : rr + 1;
+    }
+    const stamp = recording ? now : -1;
+    for (let i = 0; i < nConns; i++) {
+      let k = pending[i];
+      if (k === 0) continue;
+      pending[i] = 0;
+      const conn = conns[i];
+      while (k > 0) {
+        const m = k > MAX_BATCH ? MAX_BATCH : k;
+        conn.socket.write(m === MAX_BATCH ? batch : batch.subarray(0, m * frameLength));
+        for (let j = 0; j < m; j++) conn.sendTimes.push(stamp);
+        outstanding += m;
+        k -= m;
+      }
+    }
+  };
+  const interval = setInterval(tick, 1);
+
+  await sleep(warmupMs);
+  recording = true;
+  inWindow = true;
+  windowEchoes = 0;
+  const a = snapshot();
+  await sleep(durationMs);
+  const b = snapshot();
+  inWindow = false;
+  recording = false;
+  const echoes = windowEchoes;
+  const recorded = nRtt;
+  sending = false;
+  clearInterval(interval);
+  // Let the messages still in flight come back so that every recorded send has its round trip.
+  const drainUntil = performance.now() + 5000;
+  while (outstanding > 0 && performance.now() < drainUntil) await sleep(10);
+  const sorted = rtts.slice(0, nRtt).sort();
+  for (const conn of conns) conn.socket.destroy();
+  return {
+    ...cpuReport(a, b, echoes),
+    offeredRate: rate,
+    achievedRate: echoes / ((b.t - a.t) / 1000),
+    lost: outstanding,
+    rttSamples: sorted.length,
+    recordedBeforeDrain: recorded,
+    p50Ms: percentile(sorted, 50),
+    p99Ms: percentile(sorted, 99),
+    p999Ms: percentile(sorted, 99.9),
+    maxMs: sorted[sorted.length - 1],
+  };
+}
+
+async function pipeMode() {
+  const { port, size, conns: nConns, depth, warmupMs, durationMs } = opts;
+  const conns = await connectMany(port, nConns, 64);
+  const { batch, frameLength } = frameBatch(size, depth);
+  let running = true;
+  let echoes = 0;
+  let outstanding = 0;
+  for (const conn of conns) {
+    conn.onFrames = (n) => {
+      echoes += n;
+      outstanding -= n;
+      if (running) {
+        conn.socket.write(n === depth ? batch : batch.subarray(0, n * frameLength));
+        outstanding += n;
+      }
+    };
+  }
+  for (const conn of conns) {
+    conn.socket.write(batch);
+    outstanding += depth;
+  }
+  await sleep(warmupMs);
+  const e0 = echoes;
+  const c0 = chunksReceived;
+  const a = snapshot();
+  await sleep(durationMs);
+  const b = snapshot();
+  const messages = echoes - e0;
+  const chunks = chunksReceived - c0;
+  running = false;
+  const drainUntil = performance.now() + 5000;
+  while (outstanding > 0 && performance.now() < drainUntil) await sleep(10);
+  for (const conn of conns) conn.socket.destroy();
+  const seconds = (b.t - a.t) / 1000;
+  return {
+    ...cpuReport(a, b, messages),
+    msgPerS: messages / seconds,
+    // echoed payload per second (each byte crossed the proxy twice: in and back out)
+    mbPerS: (messages * size) / seconds / 1e6,
+    // reads by the client per echoed message, and the mean size of one read
+    readsPerMsg: chunks / messages,
+    bytesPerRead: (messages * size) / chunks,
+    lost: outstanding,
+  };
+}
+
+async function idleMode() {
+  const { port, conns: nConns, concurrency, settleMs } = opts;
+  const pids = opts.pids ?? [];
+  // Warm-up: a few connections that exchange a message and close, so lazily loaded code and first-use
+  // allocations are in the "before" figure, not spread over the idle connections.
+  const warm = await connectMany(port, 20, 20);
+  const { batch } = frameBatch(64, 1);
+  await Promise.all(
+    warm.map(
+      (conn) =>
+        new Promise((resolve) => {
+          conn.onFrames = resolve;
+          conn.socket.write(batch);
+        }),
+    ),
+  );
+  for (const conn of warm) conn.socket.destroy();
+  await sleep(settleMs);
+  const before = rssKiBSum(pids);
+  const t = performance.now();
+  const conns = await connectMany(port, nConns, concurrency);
+  const openMs = performance.now() - t;
+  await sleep(settleMs);
+  const after = rssKiBSum(pids);
+  // Check they are all still alive and proxied: one message each, all echoed.
+  let echoed = 0;
+  await new Promise((resolve) => {
+    const deadline = setTimeout(resolve, 10_000);
+    for (const conn of conns) {
+      conn.onFrames = (n) => {
+        echoed += n;
+        if (echoed === nConns) {
+          clearTimeout(deadline);
+          resolve();
+        }
+      };
+      conn.socket.write(batch);
+    }
+  });
+  // Diagnosis only (not used by run.mjs): keep the connections open a while, e.g. for a heap snapshot.
+  if (opts.holdMs) {
+    process.stderr.write(`holding ${nConns} connections for ${opts.holdMs} ms\n`);
+    await sleep(opts.holdMs);
+  }
+  for (const conn of conns) conn.socket.destroy();
+  return {
+    conns: nConns,
+    openMs,
+    rssBeforeKiB: before,
+    rssAfterKiB: after,
+    kibPerConn: (after - before) / nConns,
+    stillEchoing: echoed,
+  };
+}
+
+const modes = { rate: rateMode, pipe: pipeMode, idle: idleMode };
+modes[opts.mode]()
+  .then((result) => {
+    process.stdout.write(`${JSON.stringify(result)}\n`, () => process.exit(0));
+  })
+  .catch(fail);

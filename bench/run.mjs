@@ -1,0 +1,659 @@
+#!/usr/bin/env node
+// ws-guard benchmark: direct vs ws-guard vs nginx, side by side, in one run.  `npm run bench`
+//
+// Every process runs on 127.0.0.1. The proxy under test (ws-guard, or nginx master+worker) is pinned to
+// CPU 0 with taskset; the echo upstream (bench/upstream.mjs, `ws`, no compression) and the raw-socket
+// load generator (bench/load.mjs) are pinned to CPU 1. CPU per message is utime+stime of the proxy
+// process(es) from /proc/<pid>/stat across the measured window, divided by the messages echoed in it.
+// See docs/performance.md for what each row means. `node bench/run.mjs --help` lists the flags.
+import { spawn, execFileSync } from 'node:child_process';
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { alive, childrenOf, commOf } from './proc.mjs';
+
+const ROOT = fileURLToPath(new URL('../', import.meta.url));
+const BENCH = path.join(ROOT, 'bench');
+
+const DEFAULTS = {
+  setups: 'direct,ws-guard,policies,nginx',
+  rate: 10000, // offered msg/s for rows a-c (20k already loads the upstream+load core to 85-99% on the 2-core VM)
+  conns: 50, // connections for rows a-c
+  duration: 2.5, // s, measured window of each load test
+  warmup: 1, // s, load before each measured window (JIT, buffers)
+  reps: 3, // repetitions of each load test, setups interleaved; the table shows the median
+  'small-size': 64,
+  'mid-size': 4096,
+  'sat-conns': 50,
+  'sat-depth': 32,
+  'big-size': 65536,
+  'big-conns': 8,
+  'big-depth': 4,
+  'idle-conns': 5000,
+  'idle-settle': 2, // s to let the proxy settle before each RSS reading
+  'proxy-cpu': '0',
+  'load-cpu': '1',
+  guard: 'bin/ws-guard.js', // the ws-guard entry to run (another build can be compared with --guard)
+  'guard-node': '', // node binary for ws-guard (default: the one running the bench)
+  'guard-env': '', // extra environment for ws-guard, KEY=VALUE[,KEY=VALUE] (e.g. glibc MALLOC_* tunables)
+  upstream: 'ws', // echo upstream for rows a-c and f: ws (bench/upstream.mjs) or raw (bench/raw-upstream.mjs)
+  'sat-upstream': 'raw', // echo upstream for rows d-e (the ws one saturates the shared core first)
+  nginx: '/usr/sbin/nginx',
+  json: '', // also write the raw results to this file
+  build: false, // run `npx tsc -p tsconfig.build.json` first
+  tests: 'a,b,c,d,e,f', // subset of rows to run (c comes with a)
+  quick: false,
+};
+const QUICK = { reps: 1, duration: 1.2, warmup: 0.5, 'idle-conns': 1000, 'idle-settle': 0.5 };
+
+const HELP = `Usage: node bench/run.mjs [--quick] [--flag value ...]   (npm run bench -- --quick)
+
+Compares client -> upstream (direct), client -> ws-guard -> upstream and client -> nginx -> upstream.
+Flags (defaults in brackets):
+  --quick               ~35 s smoke run (${Object.entries(QUICK).map(([k, v]) => `--${k} ${v}`).join(', ')})
+  --setups LIST         comma list of direct,ws-guard,policies,nginx [${DEFAULTS.setups}]
+                        (policies: ws-guard with JWT-authenticated connections, message rate and size limits,
+                        connection and handshake limits, idle timeout, all set high enough never to refuse)
+  --rate N              offered msg/s for rows a-c [${DEFAULTS.rate}]
+  --conns N             connections for rows a-c [${DEFAULTS.conns}]
+  --duration S          measured seconds per load test [${DEFAULTS.duration}]
+  --warmup S            unmeasured seconds of load before each window [${DEFAULTS.warmup}]
+  --reps N              repetitions of each load test (median shown) [${DEFAULTS.reps}]
+  --small-size B        message size for rows a, c, d [${DEFAULTS['small-size']}]
+  --mid-size B          message size for row b [${DEFAULTS['mid-size']}]
+  --sat-conns N         connections for row d [${DEFAULTS['sat-conns']}]
+  --sat-depth N         messages in flight per connection for row d [${DEFAULTS['sat-depth']}]
+  --big-size B          message size for row e [${DEFAULTS['big-size']}]
+  --big-conns N         connections for row e [${DEFAULTS['big-conns']}]
+  --big-depth N         messages in flight per connection for row e [${DEFAULTS['big-depth']}]
+  --idle-conns N        idle connections for row f [${DEFAULTS['idle-conns']}]
+  --idle-settle S       settle time before each RSS reading [${DEFAULTS['idle-settle']}]
+  --proxy-cpu LIST      taskset CPU list for the proxy [${DEFAULTS['proxy-cpu']}]
+  --load-cpu LIST       taskset CPU list for upstream + load generator [${DEFAULTS['load-cpu']}]
+  --upstream ws|raw     echo upstream for rows a-c, f [${DEFAULTS.upstream}]
+  --sat-upstream ws|raw echo upstream for rows d, e [${DEFAULTS['sat-upstream']}]
+  --guard PATH          ws-guard entry point, relative to the repo or absolute [${DEFAULTS.guard}]
+  --guard-node PATH     node binary that runs ws-guard [the bench's own]
+  --guard-env LIST      extra environment for ws-guard, KEY=VALUE[,KEY=VALUE...] [none]
+  --nginx PATH          nginx binary [${DEFAULTS.nginx}]
+  --tests LIST          rows to run, e.g. a,d,f (c is measured with a) [${DEFAULTS.tests}]
+  --json FILE           also write the raw results as JSON
+  --build               run \`npx tsc -p tsconfig.build.json\` before starting
+`;
+
+function parseArgs(argv) {
+  const opts = { ...DEFAULTS };
+  const given = {};
+  for (let i = 0; i < argv.length; i++) {
+    let arg = argv[i];
+    if (arg === '--help' || arg === '-h') {
+      process.stdout.write(HELP);
+      process.exit(0);
+    }
+    if (!arg.startsWith('--')) throw new Error(`unexpected argument ${arg}`);
+    arg = arg.slice(2);
+    let value;
+    const eq = arg.indexOf('=');
+    if (eq >= 0) [arg, value] = [arg.slice(0, eq), arg.slice(eq + 1)];
+    if (!(arg in DEFAULTS)) throw new Error(`unknown flag --${arg} (see --help)`);
+    if (typeof DEFAULTS[arg] === 'boolean') value = value === undefined ? true : value !== 'false';
+    else {
+      value ??= argv[++i];
+      if (value === undefined) throw new Error(`--${arg} needs a value`);
+      if (typeof DEFAULTS[arg] === 'number') {
+        value = Number(value);
+        if (!Number.isFinite(value) || value <= 0) throw new Error(`--${arg} must be a positive number`);
+      }
+    }
+    given[arg] = value;
+  }
+  if (given.quick) Object.assign(opts, QUICK);
+  Object.assign(opts, given);
+  opts.setups = String(opts.setups).split(',').map((s) => s.trim()).filter(Boolean);
+  for (const s of opts.setups) if (!['direct', 'ws-guard', 'policies', 'nginx'].includes(s)) throw new Error(`unknown setup ${s}`);
+  for (const k of ['upstream', 'sat-upstream']) if (!['ws', 'raw'].includes(opts[k])) throw new Error(`--${k} must be ws or raw`);
+  opts.tests = String(opts.tests).split(',').map((s) => s.trim()).filter(Boolean);
+  for (const t of opts.tests) if (!['a', 'b', 'c', 'd', 'e', 'f'].includes(t)) throw new Error(`unknown row ${t}`);
+  return opts;
+}
+
+let opts;
+try {
+  opts = parseArgs(process.argv.slice(2));
+} catch (err) {
+  process.stderr.write(`bench: ${err.message}\n`);
+  process.exit(2);
+}
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const log = (msg) => process.stderr.write(`[bench] ${msg}\n`);
+
+// ---------------------------------------------------------------------------------------------------
+// Process bookkeeping: only PIDs this run started are ever signalled.
+
+const started = new Set(); // { child, pid, name, knownChildren: number[] (nginx workers), ... }
+const tmp = mkdtempSync(path.join(os.tmpdir(), 'ws-guard-bench-'));
+let cleaned = false;
+
+function cleanupSync() {
+  if (cleaned) return;
+  cleaned = true;
+  for (const proc of started) {
+    for (const pid of [proc.pid, ...proc.knownChildren]) {
+      if (alive(pid)) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // already gone
+        }
+      }
+    }
+  }
+  started.clear();
+  rmSync(tmp, { recursive: true, force: true });
+}
+process.on('exit', cleanupSync);
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+  process.on(sig, () => {
+    log(`${sig}: stopping`);
+    cleanupSync();
+    process.exit(130);
+  });
+}
+
+/** The open-files limit every child gets: 65536, or the hard limit when it is lower and cannot be raised. */
+const NOFILE = (() => {
+  try {
+    const hard = execFileSync('sh', ['-c', 'ulimit -Hn'], { encoding: 'utf8' }).trim();
+    return hard === 'unlimited' ? 65536 : Math.min(65536, Number(hard));
+  } catch {
+    return 65536;
+  }
+})();
+
+const shQuote = (s) => `'${String(s).replace(/'/g, `'\\''`)}'`;
+
+/**
+ * Spawns `argv` pinned to `cpus` with a raised open-files limit. `exec` keeps the PID, so the child's
+ * PID is the pinned program's own (node or nginx), the one whose /proc figures are read.
+ */
+function spawnPinned(name, cpus, argv, { stdout = 'pipe', env } = {}) {
+  const script = 'ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec taskset -c "$CPUS" "$@"';
+  const child = spawn('sh', ['-c', script, 'sh', ...argv], {
+    cwd: ROOT,
+    stdio: ['pipe', stdout, 'pipe'],
+    env: { ...process.env, ...env, CPUS: cpus },
+  });
+  const proc = { child, pid: child.pid, name, knownChildren: [], stderr: '', exited: false, code: null };
+  child.stderr.on('data', (d) => {
+    proc.stderr += d;
+    if (proc.stderr.length > 20000) proc.stderr = proc.stderr.slice(-20000);
+  });
+  child.on('exit', (code, signal) => {
+    proc.exited = true;
+    proc.code = code ?? signal;
+  });
+  child.stdin.on('error', () => {});
+  started.add(proc);
+  return proc;
+}
+
+async function stop(proc, signal = 'SIGTERM') {
+  if (!proc) return;
+  const pids = [proc.pid, ...proc.knownChildren];
+  if (!proc.exited) {
+    try {
+      process.kill(proc.pid, signal);
+    } catch {
+      // gone
+    }
+    const until = Date.now() + 5000;
+    while (!proc.exited && Date.now() < until) await sleep(20);
+  }
+  for (const pid of pids) {
+    if (alive(pid)) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // gone
+      }
+    }
+  }
+  const until = Date.now() + 2000;
+  while (pids.some(alive) && Date.now() < until) await sleep(20);
+  proc.child.stdin.destroy();
+  started.delete(proc);
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitForPort(port, proc, what) {
+  const until = Date.now() + 15000;
+  while (Date.now() < until) {
+    if (proc.exited) throw new Error(`${what} exited (${proc.code}) before listening:\n${proc.stderr}`);
+    const ok = await new Promise((resolve) => {
+      const s = net.connect({ host: '127.0.0.1', port });
+      s.once('connect', () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    await sleep(50);
+  }
+  throw new Error(`${what} did not listen on ${port} within 15 s:\n${proc.stderr}`);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The three processes.
+
+async function startUpstream(kind = opts.upstream) {
+  const port = await freePort();
+  const script = kind === 'raw' ? 'raw-upstream.mjs' : 'upstream.mjs';
+  const proc = spawnPinned('upstream', opts['load-cpu'], [process.execPath, path.join(BENCH, script), String(port)]);
+  await waitForPort(port, proc, 'upstream');
+  return { proc, port, pids: [proc.pid] };
+}
+
+/** The secret of the `policies` setup; every load connection presents a token signed with it. */
+const BENCH_SECRET = 'bench-secret-0123456789abcdef0123456789abcdef';
+const POLICIES = [
+  'auth:',
+  '  jwt:',
+  `    secret: ${BENCH_SECRET}`,
+  '    algorithms: [HS256]',
+  '    requiredClaims: [sub]',
+  '    forwardClaims: { sub: X-Auth-Sub }',
+  'limits:',
+  '  connections: { total: 100000, perIp: 100000, perUser: 100000 }',
+  '  handshakes: { rate: 100000/s, burst: 100000 }',
+  '  messages: { rate: 100000000/s, burst: 100000000, onExceed: close }',
+  '  messageSize: 1MiB',
+  '  idleTimeout: 5m',
+];
+
+async function benchToken() {
+  const { SignJWT } = await import('jose');
+  return new SignJWT({ sub: 'bench' }).setProtectedHeader({ alg: 'HS256' }).setExpirationTime('2h').sign(new TextEncoder().encode(BENCH_SECRET));
+}
+
+async function startWsGuard(upstreamPort, policies = false) {
+  const port = await freePort();
+  const dir = mkdtempSync(path.join(tmp, 'ws-guard-'));
+  const config = path.join(dir, 'guard.yaml');
+  writeFileSync(
+    config,
+    [
+      `listen: 127.0.0.1:${port}`,
+      `upstream: http://127.0.0.1:${upstreamPort}`,
+      'trustedProxies: [127.0.0.1/32]',
+      'compression: passthrough',
+      'timeouts:',
+      '  handshake: 10s',
+      '  upstreamConnect: 5s',
+      '  upstreamResponse: 10s',
+      '  close: 5s',
+      '  drain: 2s',
+      ...(policies ? POLICIES : []),
+      '',
+    ].join('\n'),
+  );
+  const logFile = path.join(dir, 'ws-guard.log');
+  const out = openSync(logFile, 'w');
+  const proc = spawnPinned('ws-guard', opts['proxy-cpu'], [opts['guard-node'] || process.execPath, path.resolve(ROOT, opts.guard), '--config', config], {
+    stdout: out,
+    env: Object.fromEntries(
+      String(opts['guard-env']).split(',').filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
+    ),
+  });
+  closeSync(out);
+  await waitForPort(port, proc, 'ws-guard');
+  return { proc, port, pids: [proc.pid], logFile };
+}
+
+function startProxy(setup, upstreamPort) {
+  if (setup === 'nginx') return startNginx(upstreamPort);
+  return startWsGuard(upstreamPort, setup === 'policies');
+}
+
+async function startNginx(upstreamPort) {
+  const port = await freePort();
+  const dir = mkdtempSync(path.join(tmp, 'nginx-'));
+  const conf = path.join(dir, 'nginx.conf');
+  const p = (name) => path.join(dir, name);
+  writeFileSync(
+    conf,
+    `# written by bench/run.mjs
+worker_processes 1;
+daemon off;
+master_process on;
+pid ${p('nginx.pid')};
+error_log ${p('error.log')} warn;
+worker_rlimit_nofile ${NOFILE};
+
+events {
+    worker_connections ${Math.max(1024, NOFILE - 64)};
+}
+
+http {
+    access_log off;
+    client_body_temp_path ${p('client_body')};
+    proxy_temp_path ${p('proxy')};
+    fastcgi_temp_path ${p('fastcgi')};
+    uwsgi_temp_path ${p('uwsgi')};
+    scgi_temp_path ${p('scgi')};
+
+    map $http_upgrade $connection_upgrade {
+        default upgrade;
+        ''      close;
+    }
+
+    server {
+        listen 127.0.0.1:${port};
+        location / {
+            proxy_pass http://127.0.0.1:${upstreamPort};
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_set_header Host $host;
+            proxy_read_timeout 1h;
+            proxy_send_timeout 1h;
+        }
+    }
+}
+`,
+  );
+  const proc = spawnPinned('nginx', opts['proxy-cpu'], [opts.nginx, '-p', dir, '-e', p('error.log'), '-c', conf]);
+  await waitForPort(port, proc, 'nginx');
+  let workers = [];
+  const until = Date.now() + 5000;
+  while (workers.length === 0 && Date.now() < until) {
+    workers = childrenOf(proc.pid).filter((pid) => commOf(pid) === 'nginx');
+    if (workers.length === 0) await sleep(20);
+  }
+  if (workers.length === 0) throw new Error('nginx worker process not found');
+  proc.knownChildren = workers;
+  return { proc, port, pids: [proc.pid, ...workers] };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Load runs.
+
+async function runLoad(params) {
+  const proc = spawnPinned('load', opts['load-cpu'], [process.execPath, path.join(BENCH, 'load.mjs'), JSON.stringify(params)]);
+  let out = '';
+  proc.child.stdout.on('data', (d) => (out += d));
+  const budget = ((params.warmupMs ?? 0) + (params.durationMs ?? 0)) + 120_000;
+  const until = Date.now() + budget;
+  while (!proc.exited && Date.now() < until) await sleep(50);
+  if (!proc.exited) {
+    await stop(proc, 'SIGKILL');
+    throw new Error(`load generator (${params.mode}) did not finish within ${budget} ms`);
+  }
+  await sleep(20); // let stdout flush into `out`
+  started.delete(proc);
+  proc.child.stdin.destroy();
+  const line = out.trim().split('\n').pop();
+  if (proc.code !== 0 || !line) throw new Error(`load generator (${params.mode}) failed (${proc.code}):\n${proc.stderr}`);
+  return JSON.parse(line);
+}
+
+/** Median of each numeric field over repeated runs (each field on its own); `runs` keeps the raw runs. */
+function summarize(runs) {
+  const out = { runs };
+  for (const key of Object.keys(runs[0])) {
+    const values = runs.map((r) => r[key]).filter((v) => typeof v === 'number' && Number.isFinite(v)).sort((x, y) => x - y);
+    if (values.length === 0) {
+      out[key] = runs[0][key];
+      continue;
+    }
+    const mid = values.length >> 1;
+    out[key] = values.length % 2 ? values[mid] : (values[mid - 1] + values[mid]) / 2;
+    out[`${key}Min`] = values[0];
+    out[`${key}Max`] = values[values.length - 1];
+  }
+  out.lost = runs.reduce((sum, r) => sum + (r.lost ?? 0), 0);
+  return out;
+}
+
+/**
+ * Load rows: one upstream, every proxy in front of it up at once (an idle proxy costs nothing), and each
+ * test run `reps` times with the setups interleaved (the order rotates every repetition), so that drift
+ * of the machine hits all setups alike. The table shows the median of the repetitions.
+ */
+async function benchLoad(results, tests, upstreamKind) {
+  tests = tests.filter(([, rows]) => rows.some((row) => opts.tests.includes(row)));
+  if (tests.length === 0) return;
+  const upstream = await startUpstream(upstreamKind);
+  const targets = {};
+  try {
+    for (const setup of opts.setups) {
+      if (setup === 'direct') targets[setup] = { port: upstream.port, pids: [] };
+      else {
+        const proxy = await startProxy(setup, upstream.port);
+        targets[setup] = { port: proxy.port, pids: proxy.pids, authorization: setup === 'policies' ? await benchToken() : undefined };
+      }
+    }
+    const base = { otherPids: upstream.pids, warmupMs: opts.warmup * 1000, durationMs: opts.duration * 1000 };
+    for (const [key, , label, params] of tests) {
+      const runs = Object.fromEntries(opts.setups.map((s) => [s, []]));
+      for (let rep = 0; rep < opts.reps; rep++) {
+        const order = opts.setups.map((_, i) => opts.setups[(i + rep) % opts.setups.length]);
+        for (const setup of order) {
+          log(`${label}, ${upstreamKind} upstream: ${setup} (${rep + 1}/${opts.reps})`);
+          runs[setup].push(await runLoad({ ...base, ...params, ...targets[setup] }));
+        }
+      }
+      for (const setup of opts.setups) results[setup][key] = { ...summarize(runs[setup]), upstream: upstreamKind };
+    }
+  } finally {
+    for (const proc of [...started]) await stop(proc);
+  }
+}
+
+const RATE_TESTS = [
+  ['small', ['a', 'c'], `a/c fixed rate ${opts.rate} msg/s, ${opts['small-size']} B`, { mode: 'rate', size: opts['small-size'], rate: opts.rate, conns: opts.conns }],
+  ['mid', ['b'], `b fixed rate ${opts.rate} msg/s, ${opts['mid-size']} B`, { mode: 'rate', size: opts['mid-size'], rate: opts.rate, conns: opts.conns }],
+];
+const SATURATION_TESTS = [
+  ['sat', ['d'], `d saturation ${opts['sat-conns']} conns x ${opts['sat-depth']} in flight, ${opts['small-size']} B`, { mode: 'pipe', size: opts['small-size'], conns: opts['sat-conns'], depth: opts['sat-depth'] }],
+  ['big', ['e'], `e throughput ${opts['big-conns']} conns x ${opts['big-depth']} in flight, ${opts['big-size']} B`, { mode: 'pipe', size: opts['big-size'], conns: opts['big-conns'], depth: opts['big-depth'] }],
+];
+
+/** Row f: a fresh proxy process per setup, so the "before" RSS is not inflated by the load tests. */
+async function benchIdle(results) {
+  for (const setup of opts.setups) {
+    if (setup === 'direct') continue;
+    const upstream = await startUpstream();
+    try {
+      const proxy = await startProxy(setup, upstream.port);
+      log(`f ${opts['idle-conns']} idle connections: ${setup}`);
+      results[setup].idle = await runLoad({
+        authorization: setup === 'policies' ? await benchToken() : undefined,
+        mode: 'idle',
+        port: proxy.port,
+        pids: proxy.pids,
+        conns: opts['idle-conns'],
+        concurrency: 100,
+        settleMs: opts['idle-settle'] * 1000,
+      });
+    } finally {
+      for (const proc of [...started]) await stop(proc);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Report.
+
+const fmt = {
+  us: (v) => (v == null || !Number.isFinite(v) ? '-' : v.toFixed(v < 10 ? 2 : 1)),
+  ms: (v) => (v == null || !Number.isFinite(v) ? '-' : v < 1 ? `${(v * 1000).toFixed(0)} µs` : `${v.toFixed(2)} ms`),
+  int: (v) => (v == null || !Number.isFinite(v) ? '-' : Math.round(v).toLocaleString('en-US')),
+  mb: (v) => (v == null || !Number.isFinite(v) ? '-' : v.toFixed(0)),
+  pct: (v) => (v == null || !Number.isFinite(v) ? '-' : `${(v * 100).toFixed(0)}%`),
+  kib: (v) => (v == null || !Number.isFinite(v) ? '-' : v.toFixed(2)),
+};
+
+function table(results) {
+  const by = Object.fromEntries(results.map((r) => [r.setup, r]));
+  const cols = ['direct', 'ws-guard', 'policies', 'nginx'].filter((c) => by[c]);
+  const cell = (setup, f) => (by[setup] ? f(by[setup]) : 'n/a');
+  const s = opts['small-size'];
+  const rows = [
+    [`a. proxy CPU µs/msg, ${s} B @ ${fmt.int(opts.rate)} msg/s`, (r) => fmt.us(r.small?.proxyUsPerMsg)],
+    [`b. proxy CPU µs/msg, ${opts['mid-size']} B @ ${fmt.int(opts.rate)} msg/s`, (r) => fmt.us(r.mid?.proxyUsPerMsg)],
+    [`c. RTT p50 / p99, ${s} B @ ${fmt.int(opts.rate)} msg/s`, (r) => `${fmt.ms(r.small?.p50Ms)} / ${fmt.ms(r.small?.p99Ms)}`],
+    [`d. saturation msg/s, ${s} B, ${opts['sat-conns']}x${opts['sat-depth']} in flight`, (r) => fmt.int(r.sat?.msgPerS)],
+    [`e. MB/s echoed, ${opts['big-size'] / 1024} KiB msgs, ${opts['big-conns']}x${opts['big-depth']}`, (r) => fmt.mb(r.big?.mbPerS)],
+    [`f. RSS KiB per idle conn (${fmt.int(opts['idle-conns'])} conns)`, (r) => fmt.kib(r.idle?.kibPerConn)],
+  ];
+  const range = (r, f) => (r ? `${f(r.min)}–${f(r.max)}` : '-');
+  const mm = (v, key) => (v ? { min: v[`${key}Min`], max: v[`${key}Max`] } : null);
+  const extra = [
+    [`   a / b range over ${opts.reps} reps`, (r) => `${range(mm(r.small, 'proxyUsPerMsg'), fmt.us)} / ${range(mm(r.mid, 'proxyUsPerMsg'), fmt.us)}`],
+    ['   a / b achieved msg/s', (r) => `${fmt.int(r.small?.achievedRate)} / ${fmt.int(r.mid?.achievedRate)}`],
+    ['   a / b proxy core busy', (r) => `${fmt.pct(r.small?.proxyBusy)} / ${fmt.pct(r.mid?.proxyBusy)}`],
+    ['   a / b upstream+load core busy', (r) => `${fmt.pct(r.small?.core1Busy)} / ${fmt.pct(r.mid?.core1Busy)}`],
+    ['   a proxy CPU in kernel (stime share)', (r) => fmt.pct(r.small?.proxySysShare)],
+    ['   c p99 range, RTT p99.9', (r) => `${range(mm(r.small, 'p99Ms'), fmt.ms)}, ${fmt.ms(r.small?.p999Ms)}`],
+    [`   d range over ${opts.reps} reps`, (r) => range(mm(r.sat, 'msgPerS'), fmt.int)],
+    ['   d / e proxy core busy', (r) => `${fmt.pct(r.sat?.proxyBusy)} / ${fmt.pct(r.big?.proxyBusy)}`],
+    ['   d / e upstream+load core busy', (r) => `${fmt.pct(r.sat?.core1Busy)} / ${fmt.pct(r.big?.core1Busy)}`],
+    ['   d / e proxy CPU µs/msg', (r) => `${fmt.us(r.sat?.proxyUsPerMsg)} / ${fmt.us(r.big?.proxyUsPerMsg)}`],
+    ['   e proxy CPU in kernel, page faults/msg', (r) => (r.big?.proxySysShare == null ? '-' : `${fmt.pct(r.big.proxySysShare)}, ${r.big.proxyFaultsPerMsg.toFixed(2)}`)],
+    ['   f RSS KiB before -> after', (r) => (r.idle ? `${fmt.int(r.idle.rssBeforeKiB)} -> ${fmt.int(r.idle.rssAfterKiB)}` : '-')],
+  ];
+  const all = [...rows, ['', null], ...extra];
+  const data = all.map(([label, f]) => [label, ...cols.map((c) => (f ? cell(c, f) : ''))]);
+  const header = ['', ...cols];
+  const widths = header.map((h, i) => Math.max(h.length, ...data.map((row) => row[i].length)));
+  const line = (row) => `| ${row.map((v, i) => (i === 0 ? v.padEnd(widths[i]) : v.padStart(widths[i]))).join(' | ')} |`;
+  const sep = `|${widths.map((w, i) => (i === 0 ? '-'.repeat(w + 2) : `${'-'.repeat(w + 1)}:`)).join('|')}|`;
+  return [line(header), sep, ...data.filter((r) => r[0] !== '').map(line)].join('\n');
+}
+
+function warnings(results) {
+  const out = [];
+  for (const r of results) {
+    for (const [k, v] of Object.entries(r)) {
+      if (v && typeof v === 'object') {
+        if (v.lost > 0) out.push(`${r.setup} ${k}: ${v.lost} message(s) never echoed`);
+        if (v.achievedRate && v.achievedRate < v.offeredRate * 0.97) {
+          out.push(`${r.setup} ${k}: achieved ${Math.round(v.achievedRate)} msg/s < offered ${v.offeredRate}`);
+        }
+        if (v.stillEchoing !== undefined && v.stillEchoing !== v.conns) {
+          out.push(`${r.setup} ${k}: only ${v.stillEchoing}/${v.conns} idle connections still echoed`);
+        }
+      }
+    }
+  }
+  return out;
+}
+
+function machine() {
+  let nginx = '';
+  try {
+    nginx = execFileSync(opts.nginx, ['-v'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
+  } catch (err) {
+    nginx = String(err.stderr ?? '').trim();
+  }
+  try {
+    nginx ||= execFileSync('sh', ['-c', `${shQuote(opts.nginx)} -v 2>&1`], { encoding: 'utf8' }).trim();
+  } catch {
+    // not installed
+  }
+  const cpus = os.cpus();
+  return {
+    node: process.version,
+    nginx: nginx.replace(/^nginx version: /, ''),
+    cpus: `${cpus.length} x ${cpus[0]?.model ?? '?'}`,
+    kernel: os.release(),
+    ws: JSON.parse(readFileSync(path.join(ROOT, 'node_modules', 'ws', 'package.json'), 'utf8')).version,
+  };
+}
+
+function distStale() {
+  const dist = path.join(ROOT, 'dist', 'cli', 'main.js');
+  if (!existsSync(dist)) return 'dist/cli/main.js is missing';
+  const built = statSync(dist).mtimeMs;
+  const walk = (dir) =>
+    readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
+      e.isDirectory() ? walk(path.join(dir, e.name)) : e.name.endsWith('.ts') && !e.name.endsWith('.test.ts') ? [path.join(dir, e.name)] : [],
+    );
+  const newer = walk(path.join(ROOT, 'src')).filter((f) => statSync(f).mtimeMs > built);
+  return newer.length > 0 ? `src is newer than dist (${path.relative(ROOT, newer[0])}...)` : null;
+}
+
+// ---------------------------------------------------------------------------------------------------
+
+async function main() {
+  const deadline = setTimeout(() => {
+    log('overall time cap reached: stopping everything');
+    cleanupSync();
+    process.exit(1);
+  }, 20 * 60_000);
+  deadline.unref();
+
+  if (opts.build) {
+    log('building: npx tsc -p tsconfig.build.json');
+    execFileSync('npx', ['tsc', '-p', 'tsconfig.build.json'], { cwd: ROOT, stdio: 'inherit' });
+  }
+  if (opts.setups.includes('ws-guard') || opts.setups.includes('policies')) {
+    const stale = distStale();
+    if (stale) log(`WARNING: ${stale}; run with --build (or npx tsc -p tsconfig.build.json) to measure the current code`);
+  }
+  if (os.cpus().length < 2) log('WARNING: fewer than 2 CPUs: the proxy and the load share a core; figures are not comparable');
+  // Row f: the proxy holds two sockets per idle connection. Children raise their soft limit to the hard one.
+  if (opts.tests.includes('f') && opts.setups.some((s) => s !== 'direct') && NOFILE < opts['idle-conns'] * 2 + 200) {
+    throw new Error(
+      `the hard open-files limit (${NOFILE}) is below ${opts['idle-conns'] * 2 + 200}, needed for --idle-conns ${opts['idle-conns']}: ` +
+        'run from a shell whose hard limit is higher (e.g. as root: ulimit -Hn 65536) or lower --idle-conns',
+    );
+  }
+
+  const info = machine();
+  log(`node ${info.node}, nginx ${info.nginx}, ${info.cpus}; proxy on CPU ${opts['proxy-cpu']}, upstream+load on CPU ${opts['load-cpu']}`);
+  const t0 = Date.now();
+  const bySetup = Object.fromEntries(opts.setups.map((setup) => [setup, { setup }]));
+  await benchLoad(bySetup, RATE_TESTS, opts.upstream);
+  await benchLoad(bySetup, SATURATION_TESTS, opts['sat-upstream']);
+  if (opts.tests.includes('f')) await benchIdle(bySetup);
+  const results = Object.values(bySetup);
+  const seconds = (Date.now() - t0) / 1000;
+
+  const settings =
+    `rate ${opts.rate} msg/s over ${opts.conns} conns; ${opts.warmup} s warm-up + ${opts.duration} s measured per test, ` +
+    `median of ${opts.reps} interleaved rep(s); ` +
+    `proxy pinned to CPU ${opts['proxy-cpu']}, echo upstream + raw load generator to CPU ${opts['load-cpu']}; ` +
+    `upstream: ${opts.upstream === 'ws' ? `ws ${info.ws}` : 'raw'} for rows a-c/f, ${opts['sat-upstream'] === 'ws' ? `ws ${info.ws}` : 'raw'} for d/e`;
+  process.stdout.write(
+    `\nws-guard bench — node ${info.node}, nginx ${info.nginx}, ${info.cpus}, Linux ${info.kernel}\n${settings}\n\n${table(results)}\n`,
+  );
+  const warn = warnings(results);
+  if (warn.length) process.stdout.write(`\nwarnings:\n${warn.map((w) => `  - ${w}`).join('\n')}\n`);
+  process.stdout.write(`\n(${seconds.toFixed(0)} s)\n`);
+  if (opts.json) writeFileSync(opts.json, `${JSON.stringify({ machine: info, opts, results }, null, 2)}\n`);
+}
+
+main()
+  .then(() => {
+    cleanupSync();
+    process.exit(0);
+  })
+  .catch((err) => {
+    log(`failed: ${err.stack ?? err}`);
+    cleanupSync();
+    process.exit(1);
+  });
