@@ -125,6 +125,11 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
     }
     if (options.upstreamHead.length > 0) this.forward(options.upstreamHead, this.upstream, this.client, this.u2c);
     if (options.clientHead.length > 0) this.forward(options.clientHead, this.client, this.upstream, this.c2u);
+    // A client FIN that came before the session existed (while the token was verified, a JWKS fetched or
+    // the upstream dialled) was emitted as 'end' to nobody, and http.Server sockets are half-open, so no
+    // 'close' follows either: without this the session, its connection slot and the upstream leg would
+    // wait forever for a client that has gone (test/limits.test.ts, "slots come back").
+    if (this.client.readableEnded) this.onClientEnd();
   }
 
   /** Closes both sides with the reason's close code at frame boundaries; tears down after the close timeout. */

@@ -161,11 +161,17 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
       }
     }
 
+    // A client that left while its token was checked (a JWKS fetch can take seconds) gets nothing more.
+    if (socket.destroyed) return;
     const user = typeof identity?.claims.sub === 'string' ? identity.claims.sub : undefined;
     const slots = [{ pool: '', limits: config.limits.connections ?? {} }];
     if (route.pool !== undefined) slots.push({ pool: route.pool, limits: limits.connections ?? {} });
     const verdict = await deps.store.acquireSlots(slots, ip, user);
     if (!verdict.ok) throw new GuardError(SLOT_REFUSALS[verdict.refused], undefined, { 'Retry-After': SLOT_RETRY_AFTER_S });
+    if (socket.destroyed) {
+      verdict.lease.release();
+      return;
+    }
     for (const { pool, ratio } of verdict.usage) {
       const warnAt = (pool === '' ? config.limits.connections?.warnAt : limits.connections?.warnAt) ?? 1;
       // One event when usage crosses the mark, not one per connection above it.
