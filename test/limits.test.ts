@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import { once } from 'node:events';
@@ -376,6 +377,22 @@ describe('connection slots', () => {
   });
 });
 
+/**
+ * Whether the guard still has its end of the TCP connection from a client's local port (in any state but
+ * TIME_WAIT, which it never enters as the side that closes second). From the kernel's table, so it says
+ * when the guard is done with a client that left, whatever the guard did meanwhile (Linux only, as the
+ * rest of these tests).
+ */
+function guardHolds(guardPort: number, clientPort: number): boolean {
+  const hex = (port: number) => port.toString(16).toUpperCase().padStart(4, '0');
+  const local = `0100007F:${hex(guardPort)}`;
+  const remote = `0100007F:${hex(clientPort)}`;
+  return readFileSync('/proc/net/tcp', 'utf8').split('\n').some((line) => {
+    const [, l, r, state] = line.trim().split(/\s+/);
+    return l === local && r === remote && state !== '06';
+  });
+}
+
 /** A fake upstream that accepts TCP and reads the handshake; it answers 101 only when told to (or never). */
 async function fakeUpstream() {
   const sockets: net.Socket[] = [];
@@ -492,12 +509,10 @@ describe('slots come back on every exit path', () => {
 
   it('client FIN right after its upgrade request (before the 101)', async () => {
     const g = await slotGuard();
-    const t = tag('fin-early');
     const conn = await rawSocket(g.port);
-    conn.socket.end(upgradeRequest(`/ws/echo?tag=${t}`));
-    // The upstream is dialled and answers while the guard holds the slot: wait for that, then for its end.
-    await until(() => connected(t), 5000, 'the dial');
-    await upstreamCloseCode(t);
+    const clientPort = conn.socket.localPort!;
+    conn.socket.end(upgradeRequest(`/ws/echo?tag=${tag('fin-early')}`));
+    await until(() => !guardHolds(g.port, clientPort), 5000, 'the guard to let the connection go');
     await slotIsFree(g);
   });
 
@@ -556,43 +571,37 @@ describe('slots come back on every exit path', () => {
   });
 
   /**
-   * The client leaves while the guard waits for the JWKS. The slot is taken after authentication, so it
-   * is free during the wait; what matters is that nothing is left holding it afterwards. `total: 2` so
-   * the probe connection (opened once the JWKS answered, which makes the abandoned handshake run on
-   * first) cannot race the abandoned one for a single slot; both slots are then shown free.
+   * The client leaves (FIN) while the guard waits for the JWKS; then the JWKS answers. The slot is taken
+   * after authentication, so it is free during the wait: what matters is that nothing holds it once the
+   * guard is done with the client, which the kernel's table tells (the guard's end of the connection is
+   * gone), whatever the guard did meanwhile.
    */
   async function abandonDuringJwks(t: string) {
     const jwks = await slowJwks();
-    const g = await guardWith({
-      auth: { jwt: { jwksUrl: jwks.url, algorithms: ['ES256'] } },
-      limits: { connections: { total: 2 } },
-    });
+    const g = await guardWith({ auth: { jwt: { jwksUrl: jwks.url, algorithms: ['ES256'] } }, limits: LIMITS });
     const conn = await rawSocket(g.port);
+    const clientPort = conn.socket.localPort!;
     conn.write(upgradeRequest(`/ws/echo?tag=${t}`, { Authorization: `Bearer ${await jwks.token('leaver')}` }));
     await until(() => jwks.requests() === 1, 5000, 'the JWKS fetch');
+    expect(guardHolds(g.port, clientPort)).toBe(true);
     conn.destroy();
     jwks.release();
     await until(() => jwks.answered() === 1, 5000, 'the JWKS answer');
-    const bearer = ['bearer', await jwks.token('stayer')];
-    const probe = await client(`${g.wsUrl}/ws/echo`, bearer);
-    await roundTrip(probe, 'probe');
-    probe.close();
-    await until(() => g.store.count('').total === 0, 5000, 'every slot back');
-    const both = [await client(`${g.wsUrl}/ws/echo`, bearer), await client(`${g.wsUrl}/ws/echo`, bearer)];
-    for (const ws of both) await roundTrip(ws, 'both slots free');
-    return g;
+    await until(() => !guardHolds(g.port, clientPort), 5000, 'the guard to let the connection go');
+    await until(() => g.store.count('').total === 0, 5000, 'the slot to come back');
+    const ws = await client(`${g.wsUrl}/ws/echo`, ['bearer', await jwks.token('stayer')]);
+    await roundTrip(ws, 'the slot is free');
   }
 
   it('client leaves during a slow JWKS fetch: no slot is left held', async () => {
     await abandonDuringJwks(tag('jwks-leaver'));
   });
 
-  // Known limitation: a client that half-closes (FIN) while its token is checked is not noticed until
-  // the session starts, because the guard does not read the client during the handshake (its early bytes
-  // must reach the inspector untouched). The upstream then sees a connection open and close at once; the
-  // slot comes back (test above). A client that resets is noticed. When the guard watches for FIN during
-  // the handshake, this starts passing: turn `it.fails` into `it`.
-  it.fails('client leaves during a slow JWKS fetch: the upstream is never dialled', async () => {
+  // BUG (src/server/upgrade.ts, reported): after `await verify(...)` the handshake goes on for a client
+  // that has left: it takes a slot and dials the upstream, which sees a connection open and close. The
+  // slot does come back (the session ends at once, src/proxy/session.ts), but the dial should not happen.
+  // Once upgrade.ts stops there, this starts failing: turn `it.fails` into `it`.
+  it('client leaves during a slow JWKS fetch: the upstream is never dialled', async () => {
     const t = tag('jwks-leaver-dial');
     await abandonDuringJwks(t);
     expect(await seen(t)).toEqual([]);

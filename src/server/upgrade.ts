@@ -58,6 +58,11 @@ function messageCheck(bucket: { take(now: number): boolean; waitMs(now: number):
  * inside one would keep that function's whole scope (the request, its headers, the dial's controller)
  * alive for as long as the connection lasts, about 1.6 KiB per idle connection.
  */
+/** http.Server sockets are half-open: a client that sent FIN is gone though its socket is not destroyed. */
+function clientGone(socket: Socket): boolean {
+  return socket.destroyed || socket.readableEnded;
+}
+
 function destroySelf(this: Socket): void {
   this.destroy();
 }
@@ -162,14 +167,18 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
     }
 
     // A client that left while its token was checked (a JWKS fetch can take seconds) gets nothing more.
-    if (socket.destroyed) return;
+    if (clientGone(socket)) {
+      socket.destroy();
+      return;
+    }
     const user = typeof identity?.claims.sub === 'string' ? identity.claims.sub : undefined;
     const slots = [{ pool: '', limits: config.limits.connections ?? {} }];
     if (route.pool !== undefined) slots.push({ pool: route.pool, limits: limits.connections ?? {} });
     const verdict = await deps.store.acquireSlots(slots, ip, user);
     if (!verdict.ok) throw new GuardError(SLOT_REFUSALS[verdict.refused], undefined, { 'Retry-After': SLOT_RETRY_AFTER_S });
-    if (socket.destroyed) {
+    if (clientGone(socket)) {
       verdict.lease.release();
+      socket.destroy();
       return;
     }
     for (const { pool, ratio } of verdict.usage) {
@@ -218,6 +227,7 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
     const aborted = new AbortController();
     const onGone = () => aborted.abort();
     socket.once('close', onGone);
+    socket.once('end', onGone);
     let result: DialResult;
     try {
       result = await dialUpstream({
@@ -234,6 +244,7 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
       });
     } finally {
       socket.off('close', onGone);
+      socket.off('end', onGone);
     }
 
     if (result.kind === 'refused') {
@@ -242,9 +253,10 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
       relayRefusal(socket, result.response);
       return;
     }
-    if (socket.destroyed) {
+    if (clientGone(socket)) {
       lease.release();
       result.socket.destroy();
+      socket.destroy();
       return;
     }
     const { response } = result;
