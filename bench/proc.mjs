@@ -94,3 +94,17 @@ export function commOf(pid) {
     return '';
   }
 }
+
+/**
+ * A bench child ends by itself: on SIGTERM/SIGINT, when the bench's stdin pipe closes (the bench is gone),
+ * and at the latest after `maxLifetimeMs`.
+ */
+export function exitWithBench(maxLifetimeMs) {
+  const exit = () => process.exit(0);
+  process.on('SIGTERM', exit);
+  process.on('SIGINT', exit);
+  process.stdin.on('end', exit);
+  process.stdin.on('error', exit);
+  process.stdin.resume();
+  setTimeout(exit, maxLifetimeMs).unref();
+}

@@ -5,6 +5,7 @@
 // saturation rows measure the proxy and not the upstream. Binary/text/continuation frames are echoed,
 // ping is answered with pong, close is echoed and the socket ended.
 // Usage: node bench/raw-upstream.mjs <port>; prints `ready <port>`; exits when stdin closes.
+import { exitWithBench } from './proc.mjs';
 import { createHash } from 'node:crypto';
 import http from 'node:http';
 
@@ -172,13 +173,7 @@ server.on('upgrade', (req, socket, head) => {
   if (head.length > 0) echo.onData(head);
 });
 
-const exit = () => process.exit(0);
-process.on('SIGTERM', exit);
-process.on('SIGINT', exit);
-process.stdin.on('end', exit);
-process.stdin.on('error', exit);
-process.stdin.resume();
-setTimeout(exit, MAX_LIFETIME_MS).unref();
+exitWithBench(MAX_LIFETIME_MS);
 
 server.listen(port, '127.0.0.1', () => {
   process.stdout.write(`ready ${server.address().port}\n`);

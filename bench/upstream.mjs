@@ -2,6 +2,7 @@
 // Usage: node bench/upstream.mjs <port>
 // Prints one line `ready <port>` on stdout once listening. Exits when stdin closes (the bench died or
 // finished), on SIGTERM/SIGINT, or after a hard lifetime cap, so it can never outlive the bench.
+import { exitWithBench } from './proc.mjs';
 import http from 'node:http';
 import { WebSocketServer } from 'ws';
 
@@ -18,13 +19,7 @@ wss.on('connection', (ws) => {
   ws.on('error', () => ws.terminate());
 });
 
-const exit = () => process.exit(0);
-process.on('SIGTERM', exit);
-process.on('SIGINT', exit);
-process.stdin.on('end', exit);
-process.stdin.on('error', exit);
-process.stdin.resume();
-setTimeout(exit, MAX_LIFETIME_MS).unref();
+exitWithBench(MAX_LIFETIME_MS);
 
 server.listen(port, '127.0.0.1', () => {
   process.stdout.write(`ready ${server.address().port}\n`);
