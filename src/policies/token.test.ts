@@ -1,7 +1,8 @@
 import type { IncomingMessage } from 'node:http';
 import { describe, expect, it } from 'vitest';
 import type { JwtConfig } from '../config/schema.js';
-import { findToken, takeProtocolToken } from './token.js';
+import { parseTarget } from '../server/target.js';
+import { findToken, takeProtocolTokens } from './token.js';
 
 const jwt = {
   tokenSources: ['header', 'protocol', 'query', 'cookie'],
@@ -11,38 +12,56 @@ const jwt = {
 
 function request(url: string, raw: string[] = []): IncomingMessage {
   const headers: Record<string, string> = {};
-  for (let i = 0; i < raw.length; i += 2) headers[raw[i]!.toLowerCase()] ??= raw[i + 1]!;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!.toLowerCase();
+    headers[name] = name === 'cookie' && headers[name] !== undefined ? `${headers[name]}; ${raw[i + 1]}` : headers[name] ?? raw[i + 1]!;
+  }
   return { url, rawHeaders: raw, headers } as unknown as IncomingMessage;
 }
 
+function find(url: string, raw: string[] = [], protocolTokens: string[] = [], config = jwt) {
+  return findToken(request(url, raw), config, parseTarget(url)!, protocolTokens);
+}
+
+const refused = expect.objectContaining({ code: 'TOKEN_INVALID' });
+
 describe('token sources', () => {
-  it('takes the bearer marker and the token after it out of the offered protocols', () => {
+  it('takes every bearer marker and the entry after each out of the offered protocols', () => {
     const offered = ['chat', 'bearer', 'tok.en.x', 'v2'];
-    expect(takeProtocolToken(offered)).toBe('tok.en.x');
+    expect(takeProtocolTokens(offered)).toEqual(['tok.en.x']);
     expect(offered).toEqual(['chat', 'v2']);
     const none = ['chat'];
-    expect(takeProtocolToken(none)).toBeUndefined();
+    expect(takeProtocolTokens(none)).toEqual([]);
     expect(none).toEqual(['chat']);
-    expect(takeProtocolToken(['bearer'])).toBe('');
+    expect(takeProtocolTokens(['bearer'])).toEqual(['']);
+    const two = ['bearer', 'a', 'chat', 'bearer', 'b', 'bearer'];
+    expect(takeProtocolTokens(two)).toEqual(['a', 'b', '']);
+    expect(two).toEqual(['chat']);
   });
 
   it('reads each source', () => {
-    expect(findToken(request('/', ['Authorization', 'Bearer h.t.x']), jwt, undefined)).toEqual({ token: 'h.t.x', source: 'header' });
-    expect(findToken(request('/'), jwt, 'p.t.x')).toEqual({ token: 'p.t.x', source: 'protocol' });
-    expect(findToken(request('/ws?a=1&access_token=q.t.x'), jwt, undefined)).toEqual({ token: 'q.t.x', source: 'query' });
-    expect(findToken(request('/', ['Cookie', 'a=b; session=c.t.x']), jwt, undefined)).toEqual({ token: 'c.t.x', source: 'cookie' });
-    expect(findToken(request('/', ['Authorization', 'Basic dXNlcjpwdw==']), jwt, undefined)).toBeUndefined();
+    expect(find('/', ['Authorization', 'Bearer h.t.x'])).toEqual({ token: 'h.t.x', source: 'header' });
+    expect(find('/', [], ['p.t.x'])).toEqual({ token: 'p.t.x', source: 'protocol' });
+    expect(find('/ws?a=1&access_token=q.t.x')).toEqual({ token: 'q.t.x', source: 'query' });
+    expect(find('/ws?a=1&acc%65ss_token=q.t.x')).toEqual({ token: 'q.t.x', source: 'query' });
+    expect(find('/', ['Cookie', 'a=b; session=c.t.x'])).toEqual({ token: 'c.t.x', source: 'cookie' });
+    expect(find('/', ['Authorization', 'Basic dXNlcjpwdw=='])).toBeUndefined();
+    expect(find('/ws?access_token=')).toBeUndefined();
   });
 
-  it('follows the configured order and skips sources that are off', () => {
-    const both = request('/ws?access_token=q', ['Authorization', 'Bearer h']);
-    expect(findToken(both, jwt, undefined)?.source).toBe('header');
-    expect(findToken(both, { ...jwt, tokenSources: ['query', 'header'] }, undefined)?.source).toBe('query');
-    expect(findToken(both, { ...jwt, tokenSources: ['cookie'] }, undefined)).toBeUndefined();
+  it('accepts a single token only from a configured source', () => {
+    expect(find('/ws?access_token=q', [], [], { ...jwt, tokenSources: ['cookie'] })).toBeUndefined();
+    expect(find('/ws?access_token=q', [], [], { ...jwt, tokenSources: ['query'] })?.source).toBe('query');
   });
 
-  it('refuses two Authorization headers instead of guessing', () => {
-    const req = request('/', ['Authorization', 'Bearer a', 'Authorization', 'Bearer b']);
-    expect(() => findToken(req, jwt, undefined)).toThrow(expect.objectContaining({ code: 'TOKEN_INVALID' }));
+  it('refuses a request carrying more than one token, from the same source or not, configured or not', () => {
+    expect(() => find('/', ['Authorization', 'Bearer a', 'Authorization', 'Bearer b'])).toThrow(refused);
+    expect(() => find('/ws?access_token=GOOD&access_token=FORGED')).toThrow(refused);
+    expect(() => find('/ws?access_token=SAME&access_token=SAME')).toThrow(refused);
+    expect(() => find('/', ['Cookie', 'session=a; session=b'])).toThrow(refused);
+    expect(() => find('/', ['Cookie', 'session=a', 'Cookie', 'session=b'])).toThrow(refused);
+    expect(() => find('/', [], ['a', 'b'])).toThrow(refused);
+    expect(() => find('/ws?access_token=q', ['Authorization', 'Bearer h'])).toThrow(refused);
+    expect(() => find('/ws?access_token=q', ['Authorization', 'Bearer h'], [], { ...jwt, tokenSources: ['header'] })).toThrow(refused);
   });
 });

@@ -2,6 +2,7 @@ import type { IncomingMessage } from 'node:http';
 import { GuardError } from '../errors.js';
 import type { JwtConfig } from '../config/schema.js';
 import { headerCount } from '../server/handshake.js';
+import { queryValues, type Target } from '../server/target.js';
 
 /** The subprotocol marker: `new WebSocket(url, ["bearer", token])` (design.md §3). */
 export const BEARER_MARKER = 'bearer';
@@ -12,46 +13,52 @@ export interface FoundToken {
 }
 
 /**
- * Removes the `bearer` marker and the token after it from the offered subprotocols (they are for the
- * guard, not the app) and returns that token. Returns undefined when the marker is not offered.
+ * Removes every `bearer` marker and the entry after each from the offered subprotocols (they are for the
+ * guard, never for the app) and returns the tokens that followed them, in order ('' for a marker at the
+ * end of the list).
  */
-export function takeProtocolToken(protocols: string[]): string | undefined {
-  const at = protocols.indexOf(BEARER_MARKER);
-  if (at === -1) return undefined;
-  const [, token] = protocols.splice(at, 2);
-  return token ?? '';
+export function takeProtocolTokens(protocols: string[]): string[] {
+  const tokens: string[] = [];
+  for (let at = protocols.indexOf(BEARER_MARKER); at !== -1; at = protocols.indexOf(BEARER_MARKER, at)) {
+    const [, token] = protocols.splice(at, 2);
+    tokens.push(token ?? '');
+  }
+  return tokens;
 }
 
-function cookieValue(header: string | undefined, name: string): string | undefined {
-  if (header === undefined) return undefined;
+/** Every value of the cookie `name`, across all Cookie headers (Node joins them with `; `). */
+function cookieValues(header: string | undefined, name: string): string[] {
+  if (header === undefined) return [];
+  const values: string[] = [];
   for (const pair of header.split(';')) {
     const eq = pair.indexOf('=');
-    if (eq !== -1 && pair.slice(0, eq).trim() === name) return pair.slice(eq + 1).trim().replace(/^"(.*)"$/, '$1');
+    if (eq !== -1 && pair.slice(0, eq).trim() === name) values.push(pair.slice(eq + 1).trim().replace(/^"(.*)"$/, '$1'));
   }
-  return undefined;
+  return values;
 }
 
+const BEARER = /^Bearer[ \t]+(\S+)[ \t]*$/i;
+
 /**
- * Finds the token in the configured sources, in their order. `protocolToken` is what
- * `takeProtocolToken` found. Ambiguous credentials (two Authorization headers) are refused rather than
- * guessed at.
+ * Finds the one token of a request. Every place a token can travel is searched (the Authorization
+ * header, the `bearer` subprotocol pairs, the query parameter, the cookie), whether or not
+ * `tokenSources` accepts it there: an app behind the guard may read any of them, so a request carrying
+ * two tokens (even the same one twice) is refused instead of letting the guard check one while the app
+ * uses the other. A single token is accepted only from a configured source.
  */
-export function findToken(req: IncomingMessage, jwt: JwtConfig, protocolToken: string | undefined): FoundToken | undefined {
-  for (const source of jwt.tokenSources) {
-    let token: string | undefined;
-    if (source === 'header') {
-      // Node keeps only the first of duplicate Authorization headers; a second one is an attack or a bug.
-      if (headerCount(req, 'authorization') > 1) throw new GuardError('TOKEN_INVALID', 'more than one Authorization header');
-      const m = /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(req.headers.authorization ?? '');
-      token = m?.[1];
-    } else if (source === 'protocol') {
-      token = protocolToken;
-    } else if (source === 'query') {
-      token = new URL(req.url ?? '/', 'http://x').searchParams.get(jwt.queryParam) ?? undefined;
-    } else {
-      token = cookieValue(req.headers.cookie, jwt.cookie);
-    }
-    if (token !== undefined && token !== '') return { token, source };
-  }
-  return undefined;
+export function findToken(req: IncomingMessage, jwt: JwtConfig, target: Target, protocolTokens: readonly string[]): FoundToken | undefined {
+  const found: FoundToken[] = [];
+  const authorizations = headerCount(req, 'authorization');
+  if (authorizations > 1) throw new GuardError('TOKEN_INVALID', 'more than one Authorization header');
+  const header = authorizations === 1 ? BEARER.exec(req.headers.authorization ?? '')?.[1] : undefined;
+  if (header !== undefined) found.push({ token: header, source: 'header' });
+  for (const token of protocolTokens) found.push({ token, source: 'protocol' });
+  for (const token of queryValues(target.query, jwt.queryParam)) found.push({ token, source: 'query' });
+  for (const token of cookieValues(req.headers.cookie, jwt.cookie)) found.push({ token, source: 'cookie' });
+
+  // An empty value (`?access_token=`) carries no identity for the guard or the app.
+  const tokens = found.filter((f) => f.token !== '');
+  if (tokens.length > 1) throw new GuardError('TOKEN_INVALID', `more than one token (${tokens.map((f) => f.source).join(', ')})`);
+  const [only] = tokens;
+  return only !== undefined && jwt.tokenSources.includes(only.source) ? only : undefined;
 }

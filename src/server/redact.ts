@@ -1,13 +1,9 @@
 import type { GuardConfig } from '../config/schema.js';
+import { redactTarget } from './target.js';
 
 /** Query parameters that may carry a token: their values never reach a log line. */
 export function pathRedactor(config: GuardConfig): (url: string | undefined) => string {
   const params = new Set(['access_token']);
   for (const auth of [config.auth, ...config.routes.map((r) => r.auth)]) if (auth) params.add(auth.jwt.queryParam);
-  return (url) => {
-    if (url === undefined || !url.includes('?')) return url ?? '/';
-    const parsed = new URL(url, 'http://x');
-    for (const name of params) if (parsed.searchParams.has(name)) parsed.searchParams.set(name, '[redacted]');
-    return `${parsed.pathname}${parsed.search}`;
-  };
+  return (url) => redactTarget(url, params);
 }
