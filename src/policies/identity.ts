@@ -1,22 +1,67 @@
 import type { JWTPayload } from 'jose';
 import { GuardError } from '../errors.js';
 
-/** Control characters would let a claim value smuggle a header line (CR/LF) or confuse the app. */
-const CONTROL = /[\u0000-\u001f\u007f]/;
+/**
+ * Bytes a forwarded claim keeps as they are: printable ASCII except `%`. Everything else (control
+ * characters, `%` itself, every byte of a non-ASCII character's UTF-8 form) is percent-encoded, so any
+ * claim fits an HTTP header and the encoding is reversible without ambiguity: `%` never stands for itself.
+ */
+const KEPT = /^[\x20-\x24\x26-\x7e]*$/;
+
+function hex(byte: number): string {
+  return `%${byte < 16 ? '0' : ''}${byte.toString(16).toUpperCase()}`;
+}
 
 /**
- * The headers `forwardClaims` sets on the upstream handshake, from verified claims only. A claim that is
- * absent sets no header; objects and arrays are sent as JSON. A value with a control character refuses
- * the connection: it cannot be forwarded faithfully.
+ * A claim value as a header value (docs/auth.md, "Forwarded identity"): the claim's text (a string as it
+ * is, anything else as JSON) in UTF-8, percent-encoded outside printable ASCII, `%` included. Spaces at
+ * either end are encoded too, since header parsers strip them. `Łukasz` is sent as `%C5%81ukasz`; the
+ * app decodes with `urllib.parse.unquote` / `decodeURIComponent`. An ASCII value without `%` is unchanged.
+ */
+export function headerValue(text: string): string {
+  if (KEPT.test(text) && !text.startsWith(' ') && !text.endsWith(' ')) return text;
+  // Buffer.from replaces lone surrogates with U+FFFD: JSON allows them, UTF-8 (and encodeURIComponent) does not.
+  const bytes = Buffer.from(text, 'utf8');
+  let out = '';
+  for (let i = 0; i < bytes.length; i++) {
+    const byte = bytes[i]!;
+    const edge = byte === 0x20 && (i === 0 || i === bytes.length - 1);
+    out += byte >= 0x20 && byte <= 0x7e && byte !== 0x25 && !edge ? String.fromCharCode(byte) : hex(byte);
+  }
+  return out;
+}
+
+/** Why a `sub` that names no one is refused, when something needs it (a header, a per-user limit). */
+export function notAUser(): GuardError {
+  return new GuardError('CLAIMS_INSUFFICIENT', 'claim sub is not a string, number or boolean');
+}
+
+/**
+ * The headers `forwardClaims` sets on the upstream request, from verified claims only. A claim that is
+ * absent (or null) sets no header; objects and arrays are sent as JSON, except `sub`, which must name a
+ * user: an object or array there is refused (403).
  */
 export function claimHeaders(claims: JWTPayload, forwardClaims: Readonly<Record<string, string>>): string[] {
   const out: string[] = [];
   for (const [claim, header] of Object.entries(forwardClaims)) {
-    const value = claims[claim];
+    const value = claim === 'sub' ? userKey(claims) : claims[claim];
+    if (value === null && claim === 'sub') throw notAUser();
     if (value === undefined || value === null) continue;
-    const text = typeof value === 'string' ? value : JSON.stringify(value);
-    if (CONTROL.test(text)) throw new GuardError('CLAIMS_INSUFFICIENT', `claim ${claim} has control characters`);
-    out.push(header, text);
+    out.push(header, headerValue(typeof value === 'string' ? value : JSON.stringify(value)));
   }
   return out;
+}
+
+/**
+ * Who the token names, as the key of per-user limits: `sub` in a canonical string form whatever its JSON
+ * scalar type (`"12345"` and `12345` are the same user). Undefined when the token has no `sub`; null when
+ * it has one that names no one (null, an object, an array), which the caller refuses where a per-user
+ * limit needs a user, instead of letting the connection silently escape the limit.
+ */
+export function userKey(claims: JWTPayload): string | null | undefined {
+  const sub: unknown = claims.sub;
+  if (sub === undefined) return undefined;
+  if (typeof sub === 'string') return sub;
+  if (typeof sub === 'number' || typeof sub === 'boolean') return JSON.stringify(sub);
+  return null;
 }
