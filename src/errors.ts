@@ -14,6 +14,7 @@ export const ERRORS = {
   BAD_VERSION: { status: 426, message: 'unsupported Sec-WebSocket-Version' },
   HANDSHAKE_BODY: { status: 400, message: 'a WebSocket upgrade must not carry a body' },
   BAD_REQUEST: { status: 400, message: 'malformed HTTP request' },
+  TRANSFER_CODING: { status: 501, message: 'only the chunked transfer coding is supported' },
   HEADERS_TOO_LARGE: { status: 431, message: 'request headers too large' },
   HANDSHAKE_TIMEOUT: { status: 408, message: 'handshake not completed in time' },
   ORIGIN_DENIED: { status: 403, message: 'origin not allowed' },
@@ -27,6 +28,7 @@ export const ERRORS = {
   CONNECTIONS_PER_USER: { status: 429, message: 'too many connections for this user' },
   UPSTREAM_UNREACHABLE: { status: 502, message: 'upstream unreachable' },
   UPSTREAM_BAD_HANDSHAKE: { status: 502, message: 'upstream answered with an invalid handshake' },
+  UPSTREAM_BAD_RESPONSE: { status: 502, message: 'upstream answered with an invalid response' },
   UPSTREAM_TIMEOUT: { status: 504, message: 'upstream did not answer in time' },
   PROTOCOL_VIOLATION: { status: 400, close: 1002, message: 'WebSocket protocol violation' },
   MESSAGE_TOO_BIG: { status: 400, close: 1009, message: 'message too big' },
@@ -37,6 +39,7 @@ export const ERRORS = {
   MAX_LIFETIME: { status: 408, close: 1001, message: 'connection lifetime reached' },
   SHUTTING_DOWN: { status: 503, close: 1001, message: 'ws-guard is shutting down' },
   UPSTREAM_GONE: { status: 502, close: 1014, message: 'upstream connection lost' },
+  INTERNAL_ERROR: { status: 500, close: 1011, message: 'internal error in ws-guard' },
 } as const satisfies Record<string, ErrorEntry>;
 
 interface ErrorEntry {

@@ -2,6 +2,7 @@ import http, { type IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import { GuardError } from '../errors.js';
 import { acceptFor, headerList } from '../server/handshake.js';
+import { isFinalStatus } from './answer.js';
 import { armUpstreamDeadlines } from './deadlines.js';
 
 export interface DialOptions {
@@ -65,6 +66,11 @@ export function dialUpstream(options: DialOptions): Promise<DialResult> {
       // switch happened on a connection the guard is about to close.
       if (response.statusCode === 101) {
         fail(new GuardError('UPSTREAM_BAD_HANDSHAKE', '101 without Upgrade: websocket and Connection: Upgrade'));
+        return;
+      }
+      // The answer is relayed to the client: a status outside 200–599 cannot be (design.md §1, totality).
+      if (!isFinalStatus(response.statusCode)) {
+        fail(new GuardError('UPSTREAM_BAD_RESPONSE', `status ${response.statusCode}`));
         return;
       }
       disarm();

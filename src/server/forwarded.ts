@@ -7,8 +7,11 @@ const HOP_BY_HOP = new Set([
   'te', 'trailer', 'transfer-encoding', 'upgrade',
 ]);
 
-/** End-to-end handshake headers: a Connection header naming them cannot make them hop-by-hop. */
-const PROTECTED = new Set(['host', 'sec-websocket-key', 'sec-websocket-version']);
+/**
+ * Headers a Connection header cannot make hop-by-hop: the handshake's own, and the message framing, which
+ * must never disappear while the body it frames is forwarded (RFC 9112 §11.2, request smuggling).
+ */
+const PROTECTED = new Set(['host', 'sec-websocket-key', 'sec-websocket-version', 'content-length']);
 
 /** Headers that say who the client is; believed only from a trusted proxy, rebuilt otherwise. */
 const FORWARDING = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded']);

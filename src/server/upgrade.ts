@@ -4,20 +4,22 @@ import type { GuardConfig } from '../config/schema.js';
 import { ERRORS, GuardError } from '../errors.js';
 import { closeFrame } from '../frames/close.js';
 import type { ConnectionMeta, GuardEvents } from '../events.js';
-import { claimHeaders } from '../policies/identity.js';
+import { claimHeaders, notAUser, userKey } from '../policies/identity.js';
 import type { Identity } from '../policies/jwt.js';
 import { checkOrigin } from '../policies/origin.js';
-import { BEARER_MARKER, findToken, takeProtocolToken } from '../policies/token.js';
+import { BEARER_MARKER, findToken, takeProtocolTokens } from '../policies/token.js';
 import { MESSAGE_OK, MESSAGE_REFUSE } from '../frames/inspector.js';
 import { TokenBucket } from '../limits/bucket.js';
 import type { Lease, LimitStore, SharedBucket } from '../limits/store.js';
 import { dialUpstream, type DialResult } from '../proxy/dial.js';
 import { Session } from '../proxy/session.js';
-import { type TrustedProxies, upstreamHeaders, withoutHopByHop, type ForwardContext } from './forwarded.js';
+import { reasonPhrase, relayableHeaders } from '../proxy/answer.js';
+import { type TrustedProxies, upstreamHeaders, type ForwardContext } from './forwarded.js';
 import { acceptFor, checkUpgrade, headerList } from './handshake.js';
 import { pathRedactor } from './redact.js';
 import { writeRefusal } from './reject.js';
 import type { Route } from './routes.js';
+import { parseTarget, routingPath } from './target.js';
 
 export interface UpgradeDeps {
   config: GuardConfig;
@@ -29,7 +31,7 @@ export interface UpgradeDeps {
   forwardContext: (req: IncomingMessage) => ForwardContext;
   /** Connection counts and rates. */
   store: LimitStore;
-  /** True once the guard is draining: new upgrades are refused with 503. */
+  /** True once the guard is draining: new upgrades are refused with 503, and one dialled meanwhile is closed with 1001. */
   draining: () => boolean;
   /** Sockets between the upgrade event and their session (or refusal): the listener's shutdown ends them. */
   pending: Set<Socket>;
@@ -78,30 +80,19 @@ function releaser(lease: Lease, shared: SharedBucket | undefined): () => void {
   };
 }
 
+/** Whether a limit of this route counts per user, so a token must name one. */
+function needsUser(config: GuardConfig, route: Route): boolean {
+  return config.limits.connections?.perUser !== undefined
+    || route.limits.connections?.perUser !== undefined
+    || route.limits.messages?.per === 'user';
+}
+
 /** One handshake in progress: what the refusal and the open events report. */
 export interface Handshake {
   startedAt: number;
   ip: string;
   req: IncomingMessage | undefined;
   route: Route | undefined;
-}
-
-/**
- * The path routes are matched on, as the upstream will see it: percent-decoded, since servers such as
- * uvicorn decode before routing (else `/ws/%65cho` would slip past a route for `/ws/echo`). Targets that
- * servers read in different ways (encoded slashes, `//`, dot segments) are refused: null.
- */
-export function routingPath(url: string): string | null {
-  const raw = url.split('?', 1)[0]!;
-  if (!raw.startsWith('/') || raw.includes('//') || /%2f|%5c|\\/i.test(raw)) return null;
-  let decoded: string;
-  try {
-    decoded = decodeURIComponent(raw);
-  } catch {
-    return null;
-  }
-  if (decoded.includes('//') || decoded.split('/').some((s) => s === '.' || s === '..')) return null;
-  return decoded;
 }
 
 /**
@@ -132,7 +123,9 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
   async function upgrade(req: IncomingMessage, socket: Socket, head: Buffer, hs: Handshake): Promise<void> {
     const { ip } = hs;
     const { key, protocols } = checkUpgrade(req);
-    const pathname = routingPath(req.url ?? '/');
+    const target = parseTarget(req.url);
+    if (target === null) throw new GuardError('BAD_REQUEST', 'request target is not an origin-form path in visible ASCII');
+    const pathname = routingPath(target.path);
     if (pathname === null) throw new GuardError('BAD_REQUEST', 'ambiguous request target');
     const route = deps.route(pathname);
     hs.route = route;
@@ -145,17 +138,21 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
     checkOrigin(req, route);
 
     let identity: Identity | undefined;
+    let user: string | undefined;
     let tokenInProtocol = false;
     const identityHeaders: string[] = [];
     if (route.auth !== undefined) {
       const { jwt, verify } = route.auth;
-      const protocolToken = jwt.tokenSources.includes('protocol') ? takeProtocolToken(protocols) : undefined;
-      tokenInProtocol = protocolToken !== undefined;
+      const protocolTokens = takeProtocolTokens(protocols);
+      tokenInProtocol = protocolTokens.length > 0;
       try {
-        const found = findToken(req, jwt, protocolToken);
+        const found = findToken(req, jwt, target, protocolTokens);
         if (found === undefined) throw new GuardError('TOKEN_MISSING');
         identity = await verify(found.token);
         identityHeaders.push(...claimHeaders(identity.claims, jwt.forwardClaims));
+        const sub = userKey(identity.claims);
+        if (sub === null && needsUser(config, route)) throw notAUser();
+        user = sub ?? undefined;
       } catch (err) {
         if (err instanceof GuardError && jwt.onReject === 'close' && err.closeCode !== undefined) {
           report(err, hs, err.closeCode);
@@ -171,7 +168,6 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
       socket.destroy();
       return;
     }
-    const user = typeof identity?.claims.sub === 'string' ? identity.claims.sub : undefined;
     const slots = [{ pool: '', limits: config.limits.connections ?? {} }];
     if (route.pool !== undefined) slots.push({ pool: route.pool, limits: limits.connections ?? {} });
     const verdict = await deps.store.acquireSlots(slots, ip, user);
@@ -298,6 +294,8 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
     const meta: ConnectionMeta = { ip, path: logPath(req.url), route: route.path, user };
     events.emit('opened', { ...meta, session: session.id, durationMs: Date.now() - hs.startedAt });
     deps.onSession(session, meta);
+    // The drain began while the upstream was being dialled: this session ends like every other one.
+    if (deps.draining()) session.close('SHUTTING_DOWN', 'drain');
   }
 
   /**
@@ -321,8 +319,10 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
       response.destroy();
       return;
     }
-    let head = `HTTP/1.1 ${response.statusCode} ${response.statusMessage ?? ''}\r\n`;
-    const headers = withoutHopByHop(response.rawHeaders);
+    // dialUpstream let only a final status through; the reason and headers are the upstream's, checked here.
+    const status = response.statusCode!;
+    let head = `HTTP/1.1 ${status} ${reasonPhrase(status, response.statusMessage)}\r\n`;
+    const headers = relayableHeaders(response.rawHeaders, status);
     for (let i = 0; i < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
     socket.once('finish', () => socket.destroy());
     // Reading the client is how its departure is noticed: then the upstream's answer is dropped too.
@@ -343,14 +343,22 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
       socket.on('error', destroySelf);
       const ip = trusted.clientAddress(deps.forwardContext(req).peer, req.headers['x-forwarded-for']);
       const hs: Handshake = { startedAt: Date.now(), ip, req, route: undefined };
-      upgrade(req, socket, head, hs).catch((err: unknown) => {
-        if (socket.destroyed) return;
-        if (err instanceof GuardError) refuse(socket, err, hs);
-        else {
+      upgrade(req, socket, head, hs)
+        .catch((err: unknown) => {
+          if (socket.destroyed) return;
+          if (err instanceof GuardError) {
+            refuse(socket, err, hs);
+            return;
+          }
           events.emit('internalError', { err, where: 'upgrade' });
+          // An answer only while nothing has been written: after the 101 the bytes would be a frame.
+          if (socket.bytesWritten === 0 && socket.writableLength === 0) refuse(socket, new GuardError('INTERNAL_ERROR'), hs);
+          else socket.destroy();
+        })
+        .catch((err: unknown) => {
+          events.emit('internalError', { err, where: 'upgrade refusal' });
           socket.destroy();
-        }
-      });
+        });
     },
   };
 }
