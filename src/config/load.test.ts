@@ -80,3 +80,135 @@ describe('config', () => {
     expect(() => loadConfigFile(file, {})).toThrow(/auth\.jwt\.secret: environment variable JWT_SECRET is not set/);
   });
 });
+
+describe('config: values that would switch a protection off', () => {
+  const base = { listen: '127.0.0.1:1', upstream: 'http://127.0.0.1:2' };
+  const secret = 'x'.repeat(32);
+  const jwt = (keys: Record<string, unknown>) => ({ auth: { jwt: { secret, algorithms: ['HS256'], ...keys } } });
+  const huge = '9'.repeat(400);
+
+  it('refuses zero, sub-millisecond and negative timeouts, and ones Node cannot arm', () => {
+    expect(problemsOf({ ...base, timeouts: { handshake: '0s' } })).toEqual([
+      'timeouts.handshake: expected a duration of at least 1ms, got "0s"',
+    ]);
+    expect(problemsOf({
+      ...base,
+      timeouts: { handshake: 'off', upstreamConnect: '0ms', upstreamResponse: '597h', close: '0.4ms', drain: '-5s' },
+    })).toEqual([
+      'timeouts.handshake: expected a duration like 500ms, 5s, 2m or 24h, got "off"',
+      'timeouts.upstreamConnect: expected a duration of at least 1ms, got "0ms"',
+      'timeouts.upstreamResponse: expected a duration of at most 596h, got "597h"',
+      'timeouts.close: expected a duration of at least 1ms, got "0.4ms"',
+      'timeouts.drain: expected a duration of at least 1ms, got "-5s"',
+    ]);
+    expect(problemsOf({ ...base, timeouts: { drain: `${huge}ms` } })).toEqual([
+      `timeouts.drain: expected a duration of at most 596h, got "${huge}ms"`,
+    ]);
+  });
+
+  it('accepts timeouts from 1ms (0.5ms rounds up to it) to 596h', () => {
+    const config = parseConfig({ ...base, timeouts: { handshake: '0.5ms', close: '1ms', drain: '596h' } }, {});
+    expect(config.timeouts).toMatchObject({ handshake: 1, close: 1, drain: 596 * 3_600_000 });
+  });
+
+  it('refuses JWT durations that disable a safeguard; clockTolerance alone may be 0s', () => {
+    expect(problemsOf({ ...base, ...jwt({ jwksTimeout: '0s', jwksCooldown: '0s', jwksCacheMaxAge: '-1m', clockTolerance: '-1s' }) })).toEqual([
+      'auth.jwt.jwksTimeout: expected a duration of at least 1ms, got "0s"',
+      'auth.jwt.jwksCooldown: expected a duration of at least 1ms, got "0s"',
+      'auth.jwt.jwksCacheMaxAge: expected a duration of at least 1ms, got "-1m"',
+      'auth.jwt.clockTolerance: expected a duration of at least 0ms, got "-1s"',
+    ]);
+    expect(problemsOf({ ...base, ...jwt({ jwksTimeout: '600h', jwksCacheMaxAge: `${huge}h` }) })).toEqual([
+      'auth.jwt.jwksTimeout: expected a duration of at most 596h, got "600h"',
+      `auth.jwt.jwksCacheMaxAge: expected a duration of at most 2501999792h, got "${huge}h"`,
+    ]);
+    // Only timers are held to 596h: the JWKS cache age is compared with the clock.
+    const ok = parseConfig({ ...base, ...jwt({ clockTolerance: '0s', jwksCacheMaxAge: '1000h' }) }, {}).auth!.jwt;
+    expect(ok).toMatchObject({ clockTolerance: 0, jwksCacheMaxAge: 1000 * 3_600_000 });
+  });
+
+  it('refuses a zero idle timeout or lifetime, naming off as the way to disable it', () => {
+    expect(problemsOf({
+      ...base,
+      limits: { idleTimeout: '0s', maxLifetime: '1000h' },
+      routes: [{ path: '/a', limits: { idleTimeout: '0.4ms', maxLifetime: '-1h' } }, { path: '/b', limits: { idleTimeout: 'never' } }],
+    })).toEqual([
+      'routes[0].limits.idleTimeout: expected a duration of at least 1ms, got "0.4ms" (write off to disable)',
+      'routes[0].limits.maxLifetime: expected a duration of at least 1ms, got "-1h" (write off to disable)',
+      'routes[1].limits.idleTimeout: expected a duration like 500ms, 5s, 2m or 24h, or off, got "never"',
+      'limits.idleTimeout: expected a duration of at least 1ms, got "0s" (write off to disable)',
+      'limits.maxLifetime: expected a duration of at most 596h, got "1000h" (write off to disable)',
+    ]);
+  });
+
+  it('accepts off for idleTimeout and maxLifetime, and a route off overrides the top-level value', () => {
+    const config = parseConfig({
+      ...base,
+      limits: { idleTimeout: '5m', maxLifetime: 'off' },
+      routes: [
+        { path: '/quiet', limits: { idleTimeout: 'off' } },
+        { path: '/short', limits: { maxLifetime: '1h' } },
+        { path: '/plain' },
+      ],
+    }, {});
+    expect(config.limits.idleTimeout).toBe(300_000);
+    expect(config.limits.maxLifetime).toBeUndefined();
+    const [quiet, short, plain] = config.routes;
+    expect([quiet!.limits.idleTimeout, quiet!.limits.maxLifetime]).toEqual([undefined, undefined]);
+    expect([short!.limits.idleTimeout, short!.limits.maxLifetime]).toEqual([300_000, 3_600_000]);
+    expect([plain!.limits.idleTimeout, plain!.limits.maxLifetime]).toEqual([300_000, undefined]);
+  });
+
+  it('refuses sizes below 1B (after rounding down), negative or endless, and off', () => {
+    expect(problemsOf({
+      ...base,
+      ...jwt({ maxTokenLength: '0B' }),
+      limits: { messageSize: '0.9B' },
+      routes: [{ path: '/a', limits: { messageSize: '-1MiB' } }, { path: '/b', limits: { messageSize: `${huge}GiB` } }, { path: '/c', limits: { messageSize: 'off' } }],
+    })).toEqual([
+      'auth.jwt.maxTokenLength: expected a size of at least 1B, got "0B"',
+      'routes[0].limits.messageSize: expected a size of at least 1B, got "-1MiB"',
+      `routes[1].limits.messageSize: expected a size of at most 8388607GiB, got "${huge}GiB"`,
+      'routes[2].limits.messageSize: expected a size like 64KiB or 1MiB, got "off"',
+      'limits.messageSize: expected a size of at least 1B, got "0.9B"',
+    ]);
+  });
+
+  it('refuses rates of nothing, slower than a timer can wait, negative or endless', () => {
+    expect(problemsOf({
+      ...base,
+      limits: {
+        handshakes: { rate: '0/s' },
+        messages: { rate: '0.0001/hour' },
+      },
+      routes: [{ path: '/a', limits: { messages: { rate: '-5/s' } } }, { path: '/b', limits: { handshakes: { rate: `${huge}/s` } } }],
+    })).toEqual([
+      'routes[0].limits.messages.rate: expected a rate of at least 1 per 596h, got "-5/s"',
+      `routes[1].limits.handshakes.rate: expected a rate of at most 9007199254740991 per period, got "${huge}/s"`,
+      'limits.handshakes.rate: expected a rate of at least 1 per 596h, got "0/s"',
+      'limits.messages.rate: expected a rate of at least 1 per 596h, got "0.0001/hour"',
+    ]);
+    expect(parseConfig({ ...base, limits: { messages: { rate: '0.002/hour' } } }, {}).limits.messages!.rate).toEqual({ count: 0.002, periodMs: 3_600_000 });
+  });
+
+  it('reads off as a word and 1e400 as Infinity from YAML, and refuses the Infinity', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ws-guard-config-'));
+    const file = join(dir, 'off.yaml');
+    writeFileSync(file, 'listen: 127.0.0.1:1\nupstream: http://127.0.0.1:2\nlimits: { idleTimeout: off, maxLifetime: 24h }\n');
+    expect(loadConfigFile(file, {}).limits).toMatchObject({ idleTimeout: undefined, maxLifetime: 86_400_000 });
+    writeFileSync(file, 'listen: 127.0.0.1:1\nupstream: http://127.0.0.1:2\nlimits: { connections: { total: 1e400 } }\n');
+    expect(() => loadConfigFile(file, {})).toThrow('limits.connections.total: expected a positive whole number');
+  });
+
+  it('refuses counts of zero and numbers too large to be exact', () => {
+    expect(problemsOf({
+      ...base,
+      limits: { connections: { total: Infinity, perIp: 0 }, maxFragments: 2 ** 53, handshakes: { rate: '1/s', burst: NaN } },
+    })).toEqual([
+      'limits.connections.total: expected a positive whole number',
+      'limits.connections.perIp: expected a positive whole number',
+      'limits.handshakes.burst: expected a positive whole number',
+      'limits.maxFragments: expected a positive whole number',
+    ]);
+  });
+});

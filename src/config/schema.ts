@@ -4,7 +4,7 @@ import { createSecureContext } from 'node:tls';
 import net from 'node:net';
 import { z } from 'zod';
 import { parseOriginPattern } from '../policies/origin.js';
-import { parseDuration, parseRate, parseSize } from './units.js';
+import { formatDuration, formatSize, parseDuration, parseRate, parseSize } from './units.js';
 
 /**
  * The config schema (design.md §3). Every object is strict, so a misspelt key is an error instead of a
@@ -23,7 +23,69 @@ function unit<T>(parse: (text: string) => T | undefined, expected: string) {
   });
 }
 
-const duration = unit(parseDuration, 'a duration like 500ms, 5s, 2m or 24h');
+function fail(ctx: z.RefinementCtx, message: string): never {
+  ctx.addIssue({ code: 'custom', message });
+  return z.NEVER;
+}
+
+/** A leading minus is taken off before parsing, so "-5s" is refused for being negative, not for its form. */
+function splitSign(text: string): [negative: boolean, rest: string] {
+  const trimmed = text.trim();
+  return trimmed.startsWith('-') ? [true, trimmed.slice(1)] : [false, trimmed];
+}
+
+/** Node's timers wait at most 2^31-1 ms (about 24.8 days): a longer delay fires after 1 ms (TimeoutOverflowWarning). */
+const TIMER_MAX_MS = 2 ** 31 - 1;
+
+interface Measure {
+  parse: (text: string) => number | undefined;
+  format: (value: number) => string;
+  noun: string;
+  examples: string;
+}
+
+const DURATION: Measure = { parse: parseDuration, format: formatDuration, noun: 'a duration', examples: '500ms, 5s, 2m or 24h' };
+const SIZE: Measure = { parse: parseSize, format: formatSize, noun: 'a size', examples: '64KiB or 1MiB' };
+
+interface Bounds {
+  /** 1 wherever 0 would switch a protection off (a 0s deadline, a 0B cap). */
+  min?: number;
+  /** TIMER_MAX_MS for values that reach a timer; else the largest exact integer, so no text becomes Infinity. */
+  max?: number;
+  /** The key also accepts `off`: messages say so. */
+  off?: boolean;
+}
+
+/**
+ * A unit value out of bounds is refused, never clamped: `0.4ms` rounds to the 0 that turns a deadline off,
+ * and a delay Node cannot arm fires almost at once. The message names the bound that was missed.
+ */
+function measure(text: string, ctx: z.RefinementCtx, m: Measure, { min = 1, max = Number.MAX_SAFE_INTEGER, off = false }: Bounds): number {
+  const [negative, rest] = splitSign(text);
+  const value = m.parse(rest);
+  const instead = off ? ' (write off to disable)' : '';
+  if (value === undefined) return fail(ctx, `expected ${m.noun} like ${m.examples}${off ? ', or off' : ''}, got "${text}"`);
+  if (negative || value < min) return fail(ctx, `expected ${m.noun} of at least ${m.format(min)}, got "${text}"${instead}`);
+  if (value > max) return fail(ctx, `expected ${m.noun} of at most ${m.format(max)}, got "${text}"${instead}`);
+  return value;
+}
+
+function measured(m: Measure, bounds: Bounds = {}) {
+  return z.string({ error: `expected ${m.noun} like ${m.examples}` }).transform((text, ctx) => measure(text, ctx, m, bounds));
+}
+
+/** `off` stays a value of its own until routes are merged, so a route's `off` overrides a top-level limit. */
+function measuredOrOff(m: Measure, bounds: Bounds = {}) {
+  return z
+    .string({ error: `expected ${m.noun} like ${m.examples}, or off` })
+    .transform((text, ctx) => (text.trim() === 'off' ? ('off' as const) : measure(text, ctx, m, { ...bounds, off: true })));
+}
+
+/** A duration handed to setTimeout, setInterval, AbortSignal.timeout or http.Server's headersTimeout. */
+const timerDuration = measured(DURATION, { max: TIMER_MAX_MS });
+/** A duration only compared with clock readings, never armed as a timer. */
+const duration = measured(DURATION);
+const size = measured(SIZE);
 
 const HOST_PORT = /^(?<host>\[[0-9a-fA-F:.]+\]|[^:\s]+):(?<port>\d{1,5})$/;
 
@@ -97,11 +159,11 @@ const cidr = unit(parseCidr, 'an IP address or CIDR like 10.0.0.0/8');
 
 const timeouts = z
   .strictObject({
-    handshake: duration.default(10_000),
-    upstreamConnect: duration.default(5_000),
-    upstreamResponse: duration.default(10_000),
-    close: duration.default(5_000),
-    drain: duration.default(30_000),
+    handshake: timerDuration.default(10_000),
+    upstreamConnect: timerDuration.default(5_000),
+    upstreamResponse: timerDuration.default(10_000),
+    close: timerDuration.default(5_000),
+    drain: timerDuration.default(30_000),
   })
   .prefault({});
 
@@ -146,21 +208,22 @@ const jwtShape = {
   secret: z.string().min(1).optional(),
   publicKey: unit(readPublicKey, 'a readable PEM public key file').optional(),
   jwksUrl: unit(parseJwksUrl, 'an https:// URL (http:// only on loopback)').optional(),
-  jwksTimeout: duration.optional(),
+  jwksTimeout: timerDuration.optional(),
   jwksCooldown: duration.optional(),
   jwksCacheMaxAge: duration.optional(),
   algorithms: z.array(z.enum([...HMAC, ...ASYMMETRIC], { error: `expected one of ${[...HMAC, ...ASYMMETRIC].join(', ')}` })).min(1).optional(),
   issuer: z.union([z.string(), z.array(z.string()).min(1)]).optional(),
   audience: z.union([z.string(), z.array(z.string()).min(1)]).optional(),
   requiredClaims: z.array(z.string().min(1)).optional(),
-  clockTolerance: duration.optional(),
+  /** 0 is meaningful here: no tolerance at all. */
+  clockTolerance: measured(DURATION, { min: 0 }).optional(),
   tokenSources: z.array(z.enum(TOKEN_SOURCES, { error: `expected one of ${TOKEN_SOURCES.join(', ')}` })).min(1).optional(),
   queryParam: z.string().min(1).optional(),
   cookie: z.string().min(1).optional(),
   forwardClaims: z.record(z.string(), z.string().regex(HEADER_NAME, 'expected a header name')).optional(),
   onReject: z.enum(['status', 'close'], { error: 'expected status or close' }).optional(),
   expiry: z.enum(['close', 'ignore'], { error: 'expected close or ignore' }).optional(),
-  maxTokenLength: unit(parseSize, 'a size like 8KiB').optional(),
+  maxTokenLength: size.optional(),
 };
 
 const JWT_DEFAULTS = {
@@ -218,8 +281,17 @@ const auth = z.strictObject({ jwt: jwtSchema });
 const origins = z.array(unit(parseOriginPattern, 'an origin like https://app.example.com or https://*.example.org'));
 
 const positive = z.number({ error: 'expected a positive whole number' }).int().positive();
-const rate = unit(parseRate, 'a rate like 10/minute or 20/s');
-const size = unit(parseSize, 'a size like 64KiB or 1MiB');
+const rate = z.string({ error: 'expected a rate like 10/minute or 20/s' }).transform((text, ctx) => {
+  const [negative, rest] = splitSign(text);
+  const parsed = parseRate(rest);
+  if (parsed === undefined) return fail(ctx, `expected a rate like 10/minute or 20/s, got "${text}"`);
+  // A throttled message waits up to periodMs / count for its token, on a timer.
+  if (negative || parsed.periodMs / parsed.count > TIMER_MAX_MS) {
+    return fail(ctx, `expected a rate of at least 1 per ${formatDuration(TIMER_MAX_MS)}, got "${text}"`);
+  }
+  if (parsed.count > Number.MAX_SAFE_INTEGER) return fail(ctx, `expected a rate of at most ${Number.MAX_SAFE_INTEGER} per period, got "${text}"`);
+  return parsed;
+});
 
 const limitsShape = z.strictObject({
   connections: z
@@ -241,12 +313,15 @@ const limitsShape = z.strictObject({
     .optional(),
   messageSize: size.optional(),
   maxFragments: positive.optional(),
-  idleTimeout: duration.optional(),
-  maxLifetime: duration.optional(),
+  idleTimeout: measuredOrOff(DURATION, { max: TIMER_MAX_MS }).optional(),
+  maxLifetime: measuredOrOff(DURATION, { max: TIMER_MAX_MS }).optional(),
 });
 type PartialLimits = z.output<typeof limitsShape>;
 
-/** A route's limits over the top-level ones, each group (connections, handshakes, messages) merged key by key. */
+/**
+ * A route's limits over the top-level ones, each group (connections, handshakes, messages) merged key by
+ * key. `off` is still a value here, so a route's `idleTimeout: off` wins over a top-level duration.
+ */
 function mergeLimits(top: PartialLimits | undefined, own: PartialLimits | undefined): PartialLimits {
   const merged: PartialLimits = { ...top, ...own };
   for (const group of ['connections', 'handshakes', 'messages'] as const) {
@@ -254,6 +329,8 @@ function mergeLimits(top: PartialLimits | undefined, own: PartialLimits | undefi
   }
   return merged;
 }
+
+const unlessOff = (value: number | 'off' | undefined) => (value === 'off' ? undefined : value);
 
 /** Fills the defaults: a burst of one period's count, 90% warning, 1024 fragments per message. */
 function completeLimits(limits: PartialLimits) {
@@ -269,6 +346,8 @@ function completeLimits(limits: PartialLimits) {
       onExceed: messages.onExceed ?? ('close' as const),
     },
     maxFragments: limits.maxFragments ?? 1024,
+    idleTimeout: unlessOff(limits.idleTimeout),
+    maxLifetime: unlessOff(limits.maxLifetime),
   };
 }
 export type LimitsConfig = ReturnType<typeof completeLimits>;

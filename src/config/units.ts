@@ -1,4 +1,7 @@
-/** Parsers for the unit strings of the config (design.md §3): durations, sizes and rates. */
+/**
+ * Parsers for the unit strings of the config (design.md §3): durations, sizes and rates. They only
+ * convert; which values a key accepts (zero, `off`, a ceiling) is the schema's decision, per key.
+ */
 
 const DURATION = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)$/;
 const DURATION_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
@@ -8,6 +11,15 @@ export function parseDuration(text: string): number | undefined {
   const m = DURATION.exec(text.trim());
   if (!m) return undefined;
   return Math.round(Number(m[1]) * DURATION_MS[m[2]!]!);
+}
+
+/**
+ * Milliseconds in the largest unit they fill, for messages: "at most 596h" reads better than 2147483647ms,
+ * and rounding down never states a maximum above the real one.
+ */
+export function formatDuration(ms: number): string {
+  const unit = (['h', 'm', 's'] as const).find((u) => ms >= DURATION_MS[u]!) ?? 'ms';
+  return `${Math.floor(ms / DURATION_MS[unit]!)}${unit}`;
 }
 
 const SIZE = /^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|KB|MB|GB)$/;
@@ -20,6 +32,12 @@ export function parseSize(text: string): number | undefined {
   const m = SIZE.exec(text.trim());
   if (!m) return undefined;
   return Math.floor(Number(m[1]) * SIZE_BYTES[m[2]!]!);
+}
+
+/** Bytes in the largest binary unit they fill, rounded down. */
+export function formatSize(bytes: number): string {
+  const unit = (['GiB', 'MiB', 'KiB'] as const).find((u) => bytes >= SIZE_BYTES[u]!) ?? 'B';
+  return `${Math.floor(bytes / SIZE_BYTES[unit]!)}${unit}`;
 }
 
 const RATE = /^(\d+(?:\.\d+)?)\s*\/\s*(ms|s|second|m|minute|h|hour)$/;
@@ -37,7 +55,5 @@ export interface Rate {
 export function parseRate(text: string): Rate | undefined {
   const m = RATE.exec(text.trim());
   if (!m) return undefined;
-  const count = Number(m[1]);
-  if (count <= 0) return undefined;
-  return { count, periodMs: RATE_PERIOD_MS[m[2]!]! };
+  return { count: Number(m[1]), periodMs: RATE_PERIOD_MS[m[2]!]! };
 }
