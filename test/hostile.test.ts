@@ -374,6 +374,19 @@ function fakeAnswer(req: FakeRequest): void {
     case '/101-h2c':
       socket.write(switching(req).replace('Upgrade: websocket', 'Upgrade: h2c'));
       break;
+    case '/status-42': // a status below 100, for a plain request and for an upgrade alike
+      socket.end('HTTP/1.1 042 Odd\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno');
+      break;
+    case '/reason-ctl': // a control character in the reason phrase
+      socket.end(`HTTP/1.1 ${req.query.get('status') ?? '200'} O\x01K\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok`);
+      break;
+    case '/204-body':
+    case '/304-body': // a body on a status that has none: the bytes would be the next response
+      socket.write(`HTTP/1.1 ${req.path.slice(1, 4)} Nothing\r\nContent-Length: 5\r\n\r\nhello`);
+      break;
+    case '/plain-101': // a protocol switch nobody asked for, on a plain request
+      socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n');
+      break;
     case '/silent':
       break;
     case '/endless-403': // a refusal whose body never ends
@@ -383,6 +396,92 @@ function fakeAnswer(req: FakeRequest): void {
       socket.end('HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
   }
 }
+
+describe('hostile upstream answers are checked before they reach the client', () => {
+  let fake: FakeUpstream;
+  let viaFake: TestGuard;
+  beforeAll(async () => {
+    fake = await startFakeUpstream(fakeAnswer);
+    viaFake = await startTestGuard({ upstream: fake.url });
+  });
+  afterAll(async () => {
+    await viaFake?.close();
+    await fake?.close();
+  });
+
+  /** The guard is still alive and proxying: a plain request and an upgrade through it are answered. */
+  async function stillServes(): Promise<void> {
+    expect((await fetch(`${viaFake.httpUrl}/not-here`)).status).toBe(404);
+    const conn = await connect(viaFake.port);
+    conn.write(upgradeRequest(`/ok?tag=${tag('alive')}`));
+    expect((await conn.readHttpResponse()).status).toBe(101);
+  }
+
+  it('a plain request answered with a status below 100 → 502 UPSTREAM_BAD_RESPONSE', async () => {
+    const res = await fetch(`${viaFake.httpUrl}/status-42?tag=${tag('42')}`);
+    expect(res.status).toBe(502);
+    expect(res.headers.get('x-ws-guard-error')).toBe('UPSTREAM_BAD_RESPONSE');
+    await stillServes();
+  });
+
+  it('an upgrade answered with a status below 100 → 502 UPSTREAM_BAD_RESPONSE, nothing relayed', async () => {
+    const conn = await connect(viaFake.port);
+    conn.write(upgradeRequest(`/status-42?tag=${tag('42-upgrade')}`));
+    const res = await conn.readHttpResponse();
+    expect(res.status).toBe(502);
+    expect(res.headers['x-ws-guard-error']).toBe('UPSTREAM_BAD_RESPONSE');
+    await stillServes();
+  });
+
+  it('a control character in the reason phrase is replaced by the standard one, plain and refused upgrade', async () => {
+    const plain = await rawConnect(viaFake.port);
+    conns.add(plain);
+    plain.write(`GET /reason-ctl?tag=${tag('reason')} HTTP/1.1\r\nHost: x\r\n\r\n`);
+    const res = await plain.readHttpResponse();
+    expect(res.raw.split('\r\n')[0]).toBe('HTTP/1.1 200 OK');
+    const conn = await connect(viaFake.port);
+    conn.write(upgradeRequest(`/reason-ctl?status=403&tag=${tag('reason-upgrade')}`));
+    const refused = await conn.readHttpResponse();
+    expect(refused.raw.split('\r\n')[0]).toBe('HTTP/1.1 403 Forbidden');
+    await conn.waitClosed();
+    await stillServes();
+  });
+
+  it.each(['/204-body', '/304-body'])('%s: the client gets the complete answer, not a bare close', async (path) => {
+    const conn = await connect(viaFake.port);
+    conn.write(`GET ${path}?tag=${tag('nobody')} HTTP/1.1\r\nHost: x\r\n\r\n`);
+    const res = await conn.readHttpResponse();
+    expect(res.status).toBe(Number(path.slice(1, 4)));
+    expect(res.headers['content-length']).toBe(path === '/204-body' ? undefined : '5');
+    await stillServes();
+  });
+
+  it('a 101 to a plain request → 502, and the pooled connection is not reused as a tunnel', async () => {
+    const res = await fetch(`${viaFake.httpUrl}/plain-101?tag=${tag('plain-101')}`);
+    expect(res.status).toBe(502);
+    await stillServes();
+  });
+});
+
+describe('request targets no parser agrees on', () => {
+  it.each([
+    ['GET //[? with Upgrade (URL cannot parse it)', '//[?'],
+    ['a fragment', '/ws/echo#x'],
+    ['a dot segment', '/ws/../echo'],
+    ['an encoded slash', '/ws%2fecho'],
+    ['absolute-form', 'http://evil.example/ws/echo'],
+  ])('%s → 400 BAD_REQUEST on an upgrade and on plain HTTP, and the guard lives on', async (_, target) => {
+    const t = tag('target');
+    await expectRefusal(upgradeRequest(target), { status: 400, code: 'BAD_REQUEST' });
+    const conn = await connect(guard.port);
+    conn.write(`GET ${target} HTTP/1.1\r\nHost: x\r\n\r\n`);
+    const res = await conn.readHttpResponse();
+    expect(res.status).toBe(400);
+    expect(res.headers['x-ws-guard-error']).toBe('BAD_REQUEST');
+    expect(await upstream.seen(t)).toEqual([]);
+    expect((await fetch(`${guard.httpUrl}/hello`)).status).toBe(200);
+  });
+});
 
 /** Parses frames as they reached the fake upstream (unmasking them). */
 function parseFrames(buf: Buffer): { opcode: number; masked: boolean; payload: Buffer }[] {

@@ -1,4 +1,5 @@
 import { STATUS_CODES } from 'node:http';
+import { GuardError } from '../errors.js';
 import { withoutHopByHop } from '../server/forwarded.js';
 
 /**
@@ -37,4 +38,10 @@ export function relayableHeaders(rawHeaders: string[], status: number): string[]
     out.push(name, value);
   }
   return out;
+}
+
+/** Why an upstream request failed: an answer Node's parser refused (HPE_*) is the upstream's fault, not a network one. */
+export function upstreamFailure(err: NodeJS.ErrnoException): GuardError {
+  const code = err.code ?? err.message;
+  return new GuardError(code.startsWith('HPE_') ? 'UPSTREAM_BAD_RESPONSE' : 'UPSTREAM_UNREACHABLE', code);
 }

@@ -2,7 +2,7 @@ import http, { type IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import { GuardError } from '../errors.js';
 import { acceptFor, headerList } from '../server/handshake.js';
-import { isFinalStatus } from './answer.js';
+import { isFinalStatus, upstreamFailure } from './answer.js';
 import { armUpstreamDeadlines } from './deadlines.js';
 
 export interface DialOptions {
@@ -58,7 +58,7 @@ export function dialUpstream(options: DialOptions): Promise<DialResult> {
       fail(new GuardError('UPSTREAM_TIMEOUT', what === 'connect' ? 'connect' : 'no answer to the handshake'));
     });
     req.on('error', (err: NodeJS.ErrnoException) => {
-      fail(new GuardError('UPSTREAM_UNREACHABLE', err.code ?? err.message));
+      fail(upstreamFailure(err));
     });
     req.on('response', (response) => {
       // Node emits a 101 as a plain response when it lacks `Upgrade` or `Connection: Upgrade`. RFC 6455 §4.1

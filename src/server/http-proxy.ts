@@ -1,8 +1,9 @@
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { GuardConfig } from '../config/schema.js';
 import { GuardError } from '../errors.js';
 import type { GuardEvents } from '../events.js';
-import { isFinalStatus, reasonPhrase, relayableHeaders } from '../proxy/answer.js';
+import { isFinalStatus, reasonPhrase, relayableHeaders, upstreamFailure } from '../proxy/answer.js';
 import { armUpstreamDeadlines } from '../proxy/deadlines.js';
 import { pathRedactor } from './redact.js';
 import { upstreamHeaders, type ForwardContext } from './forwarded.js';
@@ -92,12 +93,16 @@ export function createHttpPassThrough(config: GuardConfig, events: GuardEvents, 
         if (!res.writableEnded) res.end();
         return;
       }
-      fail(new GuardError('UPSTREAM_UNREACHABLE', err.code ?? err.message));
+      fail(upstreamFailure(err));
+    });
+    // A 101 to a request that asked for no upgrade would turn the pooled connection into a tunnel.
+    upstreamReq.on('upgrade', (_res: IncomingMessage, socket: Socket) => {
+      socket.destroy();
+      fail(new GuardError('UPSTREAM_BAD_RESPONSE', '101 to a request without Upgrade'));
     });
     upstreamReq.on('response', (upstreamRes) => {
       disarm();
       const status = upstreamRes.statusCode;
-      // A 101 to a request that asked for no upgrade would turn the pooled connection into a tunnel.
       if (!isFinalStatus(status)) {
         upstreamRes.destroy();
         fail(new GuardError('UPSTREAM_BAD_RESPONSE', `status ${status}`));
