@@ -140,6 +140,86 @@ describe('refusals before the upgrade', () => {
   });
 });
 
+describe('one token, the one the guard checked', () => {
+  it.each([
+    ['the query parameter twice', async (good: string, forged: string) => ({ url: `?access_token=${good}&access_token=${forged}` })],
+    ['the same token twice in the query', async (good: string) => ({ url: `?access_token=${good}&access_token=${good}` })],
+    ['two access_token cookies', async (good: string, forged: string) => ({ headers: { Cookie: `access_token=${good}; access_token=${forged}` } })],
+    ['a header token and a query token', async (good: string, forged: string) => ({ url: `?access_token=${forged}`, headers: { Authorization: `Bearer ${good}` } })],
+    ['a protocol token and a cookie', async (good: string, forged: string) => ({ protocols: ['bearer', good], headers: { Cookie: `access_token=${forged}` } })],
+  ])('%s → 401 TOKEN_INVALID, nothing reaches the app', async (_, make) => {
+    const t = tag();
+    const good = await token();
+    const forged = await token({ sub: 'admin' });
+    const { url = '', headers = {}, protocols } = await make(good, forged) as { url?: string; headers?: Record<string, string>; protocols?: string[] };
+    const target = `${guard.wsUrl}/ws/echo${url === '' ? `?tag=${t}` : `${url}&tag=${t}`}`;
+    expect(await refusal(target, protocols, { headers })).toMatchObject({ status: 401, code: 'TOKEN_INVALID' });
+    expect(await upstream.seen(t)).toEqual([]);
+  });
+
+  it('two bearer pairs in Sec-WebSocket-Protocol → 401 TOKEN_INVALID, nothing reaches the app', async () => {
+    const t = tag();
+    const conn = await rawConnect(guard.port);
+    conn.write(upgradeRequest(`/ws/echo?tag=${t}`, { 'Sec-WebSocket-Protocol': `bearer, ${await token()}, chat, bearer, ${await token({ sub: 'admin' })}` }));
+    const res = await conn.readHttpResponse();
+    conn.destroy();
+    expect(res.status).toBe(401);
+    expect(res.headers['x-ws-guard-error']).toBe('TOKEN_INVALID');
+    expect(await upstream.seen(t)).toEqual([]);
+  });
+
+  it('a bearer marker is never forwarded, even when the protocol source is off for the route', async () => {
+    const headerOnly = await startTestGuard({ upstream: upstream.url, auth: { jwt: { ...JWT, tokenSources: ['header'] } } });
+    try {
+      const t = tag();
+      const ws = await open(`${headerOnly.wsUrl}/ws/echo?tag=${t}`, ['chat', 'bearer'], { headers: { Authorization: `Bearer ${await token()}` } });
+      ws.close();
+      expect((await connectEvent(t)).subprotocols).toEqual(['chat']);
+    } finally {
+      await headerOnly.close();
+    }
+  });
+});
+
+describe('identity keys are total', () => {
+  let perUser: TestGuard;
+  beforeAll(async () => {
+    perUser = await startTestGuard({ upstream: upstream.url, auth: { jwt: JWT }, limits: { connections: { perUser: 1 } } });
+  });
+  afterAll(() => perUser?.close());
+
+  it('a numeric sub is a user like its string form: per-user limits hold and it is forwarded', async () => {
+    const t = tag();
+    const first = await open(`${perUser.wsUrl}/ws/echo?tag=${t}`, ['bearer', await token({ sub: 12345 as unknown as string })]);
+    expect((await connectEvent(t)).headers['x-auth-sub']).toBe('12345');
+    expect(await refusal(`${perUser.wsUrl}/ws/echo`, ['bearer', await token({ sub: 12345 as unknown as string })]))
+      .toMatchObject({ status: 429, code: 'CONNECTIONS_PER_USER' });
+    expect(await refusal(`${perUser.wsUrl}/ws/echo`, ['bearer', await token({ sub: '12345' })]))
+      .toMatchObject({ status: 429, code: 'CONNECTIONS_PER_USER' });
+    first.close();
+    await closed(first);
+  });
+
+  it('a sub that is an object or array is refused (403) where a per-user limit or forwardClaims needs it', async () => {
+    for (const sub of [{ id: 1 }, ['alice']]) {
+      const weird = await token({ sub: sub as unknown as string });
+      expect(await refusal(`${perUser.wsUrl}/ws/echo`, ['bearer', weird])).toMatchObject({ status: 403, code: 'CLAIMS_INSUFFICIENT' });
+      expect(await refusal(`${guard.wsUrl}/ws/echo`, ['bearer', weird])).toMatchObject({ status: 403, code: 'CLAIMS_INSUFFICIENT' });
+    }
+  });
+
+  it('a sub that is an object is no obstacle where nothing needs a user', async () => {
+    const plain = await startTestGuard({ upstream: upstream.url, auth: { jwt: { ...JWT, forwardClaims: {} } } });
+    try {
+      const ws = await open(`${plain.wsUrl}/ws/echo`, ['bearer', await token({ sub: { id: 1 } as unknown as string })]);
+      ws.close();
+      await closed(ws);
+    } finally {
+      await plain.close();
+    }
+  });
+});
+
 describe('forwarded identity', () => {
   it('client-sent copies of identity headers are removed, on upgrades and on plain HTTP', async () => {
     const t = tag();
