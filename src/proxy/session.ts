@@ -107,8 +107,8 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
       socket.on('error', (err) => this.onSocketError(socket, err));
       socket.once('close', () => this.onSocketClose());
     }
-    this.client.on('data', (chunk: Buffer) => this.forward(chunk, this.client, this.upstream, this.c2u));
-    this.upstream.on('data', (chunk: Buffer) => this.forward(chunk, this.upstream, this.client, this.u2c));
+    this.client.on('data', (chunk: Buffer) => this.pass(chunk, this.client, this.upstream, this.c2u));
+    this.upstream.on('data', (chunk: Buffer) => this.pass(chunk, this.upstream, this.client, this.u2c));
     // Backpressure: a side that cannot keep up pauses the other (design.md §2).
     this.client.on('drain', () => this.upstream.resume());
     this.upstream.on('drain', () => {
@@ -123,8 +123,8 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
     if (options.maxLifetimeMs !== undefined) {
       this.lifetimeTimer = setTimeout(() => this.close('MAX_LIFETIME', 'maximum lifetime reached'), Math.min(options.maxLifetimeMs, 0x7fffffff));
     }
-    if (options.upstreamHead.length > 0) this.forward(options.upstreamHead, this.upstream, this.client, this.u2c);
-    if (options.clientHead.length > 0) this.forward(options.clientHead, this.client, this.upstream, this.c2u);
+    if (options.upstreamHead.length > 0) this.pass(options.upstreamHead, this.upstream, this.client, this.u2c);
+    if (options.clientHead.length > 0) this.pass(options.clientHead, this.client, this.upstream, this.c2u);
     // A client FIN that came before the session existed (while the token was verified, a JWKS fetched or
     // the upstream dialled) was emitted as 'end' to nobody, and http.Server sockets are half-open, so no
     // 'close' follows either: without this the session, its connection slot and the upstream leg would
@@ -175,6 +175,15 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
     this.upstream.destroy();
   }
 
+  /** Every chunk from outside enters here: a fault while handling it ends this connection, never the process (design.md §1). */
+  private pass(chunk: Buffer, from: Socket, to: Socket, inspector: FrameInspector): void {
+    try {
+      this.forward(chunk, from, to, inspector);
+    } catch (err) {
+      this.fault(err);
+    }
+  }
+
   private forward(chunk: Buffer, from: Socket, to: Socket, inspector: FrameInspector): void {
     const n = inspector.feed(chunk);
     let flushed = true;
@@ -221,7 +230,11 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
     this.client.pause();
     this.throttleTimer = setTimeout(() => {
       this.throttleTimer = null;
-      this.feedHeld();
+      try {
+        this.feedHeld();
+      } catch (err) {
+        this.fault(err);
+      }
     }, wait);
   }
 
@@ -247,7 +260,7 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
     inspector.suspended = false;
     this.held = rest;
     this.client.pause();
-    void this.counter!.end().then((verdict) => {
+    this.counter!.end().then((verdict) => {
       if (this.gate === null) return;
       if (verdict !== 'ok') {
         this.close(verdict === 'too-big' ? 'MESSAGE_TOO_BIG' : 'INVALID_COMPRESSED', `compressed message ${verdict}`);
@@ -260,7 +273,22 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
       for (const bytes of gate) flushed = this.upstream.write(bytes) && flushed;
       if (!flushed) this.upstreamFull = true;
       this.feedHeld();
-    });
+    }).catch((err: unknown) => this.fault(err));
+  }
+
+  /**
+   * A bug met while handling this connection: both legs are dropped (no frame can be trusted to be at a
+   * boundary any more) and the audit line names it; the process and every other connection go on.
+   */
+  private fault(err: unknown): void {
+    if (this.closedBy === null) {
+      this.closedBy = 'guard';
+      this.reason = 'INTERNAL_ERROR';
+      // Both legs are cut without a close frame: the peers see an abnormal closure.
+      this.guardCloseCode = 1006;
+    }
+    this.detail = `internal error: ${err instanceof Error ? err.message : String(err)}`;
+    this.destroy();
   }
 
   /** Idle means no data frame either way: compared four times per period, so it fires within 1.25× the timeout. */
