@@ -1,4 +1,5 @@
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import diagnostics_channel from 'node:diagnostics_channel';
 import https from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import type { GuardConfig } from '../config/schema.js';
@@ -33,12 +34,31 @@ export interface Guard {
    */
   reload(config: GuardConfig): void;
   /**
-   * Stops listening, closes every open connection with 1001 at a frame boundary on both sides, and
-   * resolves when all are gone or after `timeouts.drain`, when the rest are destroyed.
+   * Stops listening, closes every open connection with 1001 at a frame boundary on both sides (one that
+   * opens meanwhile too), and resolves when every session has ended and every handshake in progress has
+   * been answered, or after `timeouts.drain`, when the rest are destroyed.
    */
   drain(): Promise<void>;
   /** Stops listening and destroys every open connection at once. */
   close(): Promise<void>;
+}
+
+/** Published by node:http when a response is out, with its server. */
+const RESPONSE_FINISHED = 'http.server.response.finish';
+/** After the drain deadline, how long the destroyed connections get to report their end. */
+const DESTROYED_GRACE_MS = 1000;
+
+/** Whether `work` settled within `ms`. */
+async function within(work: Promise<void>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<boolean>((resolve) => {
+    timer = setTimeout(resolve, ms, false);
+  });
+  try {
+    return await Promise.race([work.then(() => true), late]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 interface Shared {
@@ -149,8 +169,32 @@ export async function startGuard(config: GuardConfig, options: GuardOptions = {}
 
   const stopListening = () =>
     new Promise<void>((resolve) => {
-      server.close(() => resolve());
+      // A keep-alive connection outlives its response on a closing server (until keepAliveTimeout, 5 s):
+      // close each one the moment its last response is out, so a request in flight delays the exit no more.
+      const closeOnceIdle = (message: unknown) => {
+        if ((message as { server?: unknown }).server === server) setImmediate(() => server.closeIdleConnections());
+      };
+      diagnostics_channel.subscribe(RESPONSE_FINISHED, closeOnceIdle);
+      server.close(() => {
+        diagnostics_channel.unsubscribe(RESPONSE_FINISHED, closeOnceIdle);
+        resolve();
+      });
       server.closeIdleConnections();
+    });
+  /**
+   * Resolves once every session has ended (its audit event emitted) and every handshake has been
+   * answered or dropped. Waited for only once the listener has closed, so none can begin after.
+   */
+  const settled = () =>
+    new Promise<void>((resolve) => {
+      const check = () => {
+        if (sessions.size > 0 || pending.size > 0) return;
+        events.off('closed', check);
+        resolve();
+      };
+      events.on('closed', check);
+      for (const socket of pending) socket.once('close', check);
+      check();
     });
   const destroyPending = () => {
     for (const socket of pending) socket.destroy();
@@ -177,16 +221,18 @@ export async function startGuard(config: GuardConfig, options: GuardOptions = {}
     },
     async drain() {
       draining = true;
-      const closed = stopListening();
-      events.emit('draining', { open: sessions.size, timeoutMs: runtime.config.timeouts.drain });
+      const timeoutMs = runtime.config.timeouts.drain;
+      events.emit('draining', { open: sessions.size, timeoutMs });
+      // The listener closes once its sockets have, which is before the upstream legs and the audit events.
+      const done = stopListening().then(settled);
       for (const session of sessions) session.close('SHUTTING_DOWN', 'drain');
-      const deadline = setTimeout(() => {
-        for (const session of sessions) session.destroy();
-        destroyPending();
-        server.closeAllConnections();
-      }, runtime.config.timeouts.drain);
-      await closed;
-      clearTimeout(deadline);
+      if (await within(done, timeoutMs)) return;
+      for (const session of sessions) session.destroy();
+      destroyPending();
+      server.closeAllConnections();
+      // Destroyed sockets report their close a loop turn later, then the audit events follow; the exit
+      // waits for those a moment, but never hangs on a leg that does not report.
+      await within(done, DESTROYED_GRACE_MS);
     },
     async close() {
       const closed = stopListening();
