@@ -73,3 +73,55 @@ describe('workers: 2', () => {
     }
   });
 });
+
+describe('workers: 2, one of them misbehaving', () => {
+  async function startGroup() {
+    const port = await freePort();
+    const adminPort = await freePort();
+    const file = join(dir, `group-${port}.yaml`);
+    writeFileSync(file, `listen: 127.0.0.1:${port}\nupstream: ${upstream.url}\nadmin: 127.0.0.1:${adminPort}\nworkers: 2\n`);
+    const child = spawn(process.execPath, [bin, '--config', file], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    const logs = () => out.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg: string; pid: number });
+    const serving = () => logs().filter((l) => l.msg === 'ws-guard listening').map((l) => l.pid);
+    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+    await until(() => serving().length === 2, 15_000, 'two workers');
+    const get = async (path: string) => {
+      const res = await fetch(`http://127.0.0.1:${adminPort}${path}`);
+      return { status: res.status, body: await res.text() };
+    };
+    return { child, port, logs, serving, exited, get };
+  }
+
+  it('a scrape while one worker does not answer: 503 naming it, the primary lives on; after SIGCONT all works and SIGTERM exits 0', async () => {
+    const group = await startGroup();
+    const [stopped, other] = group.serving() as [number, number];
+    try {
+      process.kill(stopped, 'SIGSTOP');
+      const scrape = await group.get('/metrics');
+      expect(scrape.status).toBe(503);
+      expect(scrape.body).toBe(`metrics unavailable: worker ${stopped} did not answer within 2000 ms\n`);
+      expect(await group.get('/healthz')).toEqual({ status: 200, body: 'ok\n' });
+      expect(group.child.exitCode).toBeNull();
+      process.kill(stopped, 'SIGCONT');
+
+      const metrics = await group.get('/metrics');
+      expect(metrics.status).toBe(200);
+      expect(metrics.body).toMatch(/^ws_guard_process_resident_memory_bytes \d+/m);
+      const ws = await open(`ws://127.0.0.1:${group.port}/ws/echo`);
+      const wsClosed = closed(ws);
+      group.child.kill('SIGTERM');
+      expect(await group.exited).toBe(0);
+      expect((await wsClosed).code).toBe(1001);
+      expect(group.logs().filter((l) => l.msg === 'stopping').map((l) => l.pid).sort()).toEqual([stopped, other].sort());
+    } finally {
+      try {
+        process.kill(stopped, 'SIGCONT');
+      } catch {
+        // Already gone.
+      }
+      if (group.child.exitCode === null) group.child.kill('SIGKILL');
+    }
+  });
+});

@@ -3,7 +3,6 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync, watchFile } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
-import { AggregatorRegistry } from 'prom-client';
 import { stringify } from 'yaml';
 import { ConfigError, loadConfigFile, parseConfig, readConfigTree } from '../config/load.js';
 import type { GuardConfig } from '../config/schema.js';
@@ -14,7 +13,7 @@ import { startGuard, type Guard } from '../server/guard.js';
 import { startAdmin } from '../ops/admin.js';
 import { createMetrics, metricsSource } from '../ops/metrics.js';
 import { IpcStore } from '../limits/ipc-store.js';
-import { runPrimary, workerCount } from './cluster.js';
+import { answerMetrics, runPrimary, workerCount } from './cluster.js';
 import { parseDuration } from '../config/units.js';
 import { startEchoUpstream } from './echo-upstream.js';
 import { mintToken, printable } from './token.js';
@@ -50,15 +49,11 @@ async function run(config: GuardConfig, options: RunOptions = {}): Promise<void>
   let guard: Guard | undefined;
   const metrics = config.admin && createMetrics(config, events, () => guard);
   // In a worker, slots and handshakes are counted by the primary, and it serves the admin listener.
-  if (metrics && cluster.isWorker) {
-    // prom-client answers the primary's metric requests once an AggregatorRegistry exists in the worker.
-    new AggregatorRegistry();
-    AggregatorRegistry.setRegistries([metrics]);
-  }
+  if (metrics && cluster.isWorker) answerMetrics(metrics);
   guard = await startGuard(config, { events, store: cluster.isWorker ? new IpcStore() : undefined });
   const started = guard;
   const admin = metrics && cluster.isPrimary
-    ? await startAdmin(config, { draining: () => started.draining, metrics: metricsSource(metrics) })
+    ? await startAdmin(config, { draining: () => started.draining, metrics: metricsSource(metrics) }, logger)
     : undefined;
   const stop = (signal: NodeJS.Signals) => {
     logger.info({ signal }, 'stopping');

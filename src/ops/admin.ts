@@ -1,6 +1,7 @@
 import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import type { GuardConfig } from '../config/schema.js';
+import type { Logger } from './logger.js';
 
 /** How long one upstream TCP probe may take, and how long its answer is reused (probes are cheap, not free). */
 const PROBE_TIMEOUT_MS = 1000;
@@ -36,7 +37,16 @@ export interface AdminSources {
   metrics: () => Promise<{ contentType: string; text: string }>;
 }
 
-export async function startAdmin(config: GuardConfig, sources: AdminSources): Promise<Admin> {
+/** An error as one line of an HTTP answer. */
+function oneLine(err: unknown): string {
+  return (err instanceof Error ? err.message : String(err)).replace(/\s+/g, ' ').trim();
+}
+
+/**
+ * Answers each request; nothing it does may reject or throw out of the request handler, where it would
+ * end the process (with workers: the primary, and every worker with it).
+ */
+export async function startAdmin(config: GuardConfig, sources: AdminSources, logger?: Logger): Promise<Admin> {
   const address = config.admin!;
   let probe: { at: number; ok: Promise<boolean> } | undefined;
   const upstreamUp = () => {
@@ -46,22 +56,36 @@ export async function startAdmin(config: GuardConfig, sources: AdminSources): Pr
     return probe.ok;
   };
 
-  const server = http.createServer(async (req, res) => {
+  const text = (res: http.ServerResponse, status: number, body: string, type = 'text/plain; charset=utf-8') => {
+    res.writeHead(status, { 'Content-Type': type, 'Cache-Control': 'no-store' }).end(body);
+  };
+  const answer = async (req: http.IncomingMessage, res: http.ServerResponse) => {
     const path = (req.url ?? '/').split('?')[0];
-    const text = (status: number, body: string, type = 'text/plain; charset=utf-8') => {
-      res.writeHead(status, { 'Content-Type': type, 'Cache-Control': 'no-store' }).end(body);
-    };
-    if (req.method !== 'GET' && req.method !== 'HEAD') return text(405, 'GET only\n');
-    if (path === '/healthz') return text(200, 'ok\n');
+    if (req.method !== 'GET' && req.method !== 'HEAD') return text(res, 405, 'GET only\n');
+    if (path === '/healthz') return text(res, 200, 'ok\n');
     if (path === '/readyz') {
-      if (sources.draining()) return text(503, 'draining\n');
-      return (await upstreamUp()) ? text(200, 'ready\n') : text(503, 'upstream unreachable\n');
+      if (sources.draining()) return text(res, 503, 'draining\n');
+      return (await upstreamUp()) ? text(res, 200, 'ready\n') : text(res, 503, 'upstream unreachable\n');
     }
     if (path === '/metrics') {
-      const metrics = await sources.metrics();
-      return text(200, metrics.text, metrics.contentType);
+      let metrics: { contentType: string; text: string };
+      try {
+        metrics = await sources.metrics();
+      } catch (err) {
+        // A failed scrape is the scraper's to see (Prometheus records it as down), not a reason to stop.
+        logger?.warn({ err }, 'metrics collection failed');
+        return text(res, 503, `metrics unavailable: ${oneLine(err)}\n`);
+      }
+      return text(res, 200, metrics.text, metrics.contentType);
     }
-    return text(404, 'not found: /healthz /readyz /metrics\n');
+    return text(res, 404, 'not found: /healthz /readyz /metrics\n');
+  };
+  const server = http.createServer((req, res) => {
+    answer(req, res).catch((err: unknown) => {
+      logger?.error({ err, path: req.url }, 'admin request failed');
+      if (res.headersSent) res.destroy();
+      else text(res, 500, 'internal error\n');
+    });
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
