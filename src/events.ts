@@ -35,6 +35,7 @@ export interface SlotsEvent {
  * the undici diagnostics model), so either can be left out without touching the proxy.
  */
 export type GuardEventMap = {
+  /** Every listener of the process is up: emitted by whoever starts them (the CLI), not by startGuard. */
   listening: [{ address: string; upstream: string }];
   refused: [RefusedEvent];
   /** The upstream answered the upgrade with something other than 101; it was relayed. */

@@ -124,4 +124,22 @@ describe('workers: 2, one of them misbehaving', () => {
       if (group.child.exitCode === null) group.child.kill('SIGKILL');
     }
   });
+
+  it('a worker that crashes while serving is replaced; crashing again and again stops the group with exit 1', async () => {
+    const group = await startGroup();
+    try {
+      // Five replacements are allowed within a minute; the sixth crash is a loop.
+      for (let crash = 1; crash <= 6; crash++) {
+        const victim = group.serving().at(-1)!;
+        process.kill(victim, 'SIGKILL');
+        if (crash === 6) break;
+        await until(() => group.serving().length === 2 + crash, 10_000, `replacement ${crash}`);
+      }
+      expect(await group.exited).toBe(1);
+      expect(group.logs().filter((l) => l.msg === 'worker exited; starting another')).toHaveLength(5);
+      expect(group.logs().some((l) => l.msg === 'workers keep crashing; giving up')).toBe(true);
+    } finally {
+      if (group.child.exitCode === null) group.child.kill('SIGKILL');
+    }
+  });
 });

@@ -4,12 +4,23 @@ import { AggregatorRegistry, type Registry } from 'prom-client';
 import type { GuardConfig } from '../config/schema.js';
 import { serveLimits } from '../limits/ipc-store.js';
 import { MemoryStore } from '../limits/memory-store.js';
-import { startAdmin } from '../ops/admin.js';
+import { startAdmin, type Admin } from '../ops/admin.js';
 import type { Logger } from '../ops/logger.js';
+import { ListenError } from '../server/listen.js';
 
+/**
+ * A worker that crashes after it was serving is replaced, up to this many times within the window; one
+ * more crash in it is a crash loop, which restarting does not cure: the group stops, exit 1.
+ */
+const MAX_RESTARTS = 5;
+const RESTART_WINDOW_MS = 60_000;
 /** How long a scrape waits for each worker: well inside Prometheus' default scrape timeout (10 s). */
 const METRICS_TIMEOUT_MS = 2000;
 
+/** Worker → primary: the worker could not start, and this line says why. */
+interface StartupFailure {
+  wsGuardStartup: string;
+}
 /** Primary → worker: send your metrics; worker → primary: here they are (prom-client's JSON form). */
 interface MetricsRequest {
   wsGuardMetrics: number;
@@ -22,6 +33,19 @@ interface MetricsReply {
 
 function has<K extends string>(message: unknown, key: K): message is Record<K, unknown> {
   return typeof message === 'object' && message !== null && key in message;
+}
+
+/**
+ * Ends a process that could not start: one line on stderr, exit code 1. A worker hands its line to the
+ * primary, which prints it once for the whole group.
+ */
+export function exitOnStartupFailure(message: string): void {
+  if (cluster.isWorker && process.connected) {
+    process.send!({ wsGuardStartup: message } satisfies StartupFailure, undefined, {}, () => process.exit(1));
+    return;
+  }
+  process.stderr.write(`ws-guard: ${message}\n`);
+  process.exit(1);
 }
 
 /** In a worker: answers the primary's metrics requests from this worker's registry. */
@@ -85,44 +109,98 @@ export function workerCount(config: GuardConfig): number {
 }
 
 /**
- * The primary of `workers: N`: forks the workers (which share the listening port through node:cluster),
- * counts connection slots and handshakes for all of them, serves the admin listener with their metrics
- * summed, forwards SIGHUP, and on SIGTERM/SIGINT lets every worker drain, then exits 0.
+ * The primary of `workers: N`: starts the admin listener, forks the workers (which share the listening
+ * port through node:cluster), counts connection slots and handshakes for all of them, serves their
+ * metrics summed, forwards SIGHUP, and on SIGTERM/SIGINT lets every worker drain, then exits 0.
  */
 export async function runPrimary(config: GuardConfig, logger: Logger): Promise<void> {
   const store = new MemoryStore();
   const count = workerCount(config);
+  const live = new Set<Worker>();
+  const serving = new Set<Worker>();
+  /** When replaced workers crashed, within the last RESTART_WINDOW_MS. */
+  const restarts: number[] = [];
   let stopping = false;
-  cluster.on('fork', (worker: Worker) => serveLimits(worker, store));
-  cluster.on('exit', (worker, code, signal) => {
-    if (stopping) {
-      if (Object.keys(cluster.workers ?? {}).length === 0) process.exit(0);
-      return;
+  let exitCode = 0;
+
+  // Up before any worker: a busy admin address ends the start here, with nothing forked.
+  let admin: Admin | undefined;
+  if (config.admin) {
+    try {
+      admin = await startAdmin(config, { draining: () => stopping, metrics: () => groupMetrics([...serving]) }, logger);
+    } catch (err) {
+      if (!(err instanceof ListenError)) throw err;
+      return exitOnStartupFailure(err.message);
     }
-    // A worker that dies is replaced; its slots were given back when it exited.
-    logger.error({ worker: worker.process.pid, code, signal }, 'worker exited; starting another');
-    cluster.fork();
-  });
-  for (let i = 0; i < count; i++) cluster.fork();
-  logger.info({ workers: count }, 'ws-guard primary started');
+  }
 
-  const admin = config.admin
-    ? await startAdmin(config, {
-        draining: () => stopping,
-        metrics: () => groupMetrics(Object.values(cluster.workers ?? {}).filter((worker) => worker !== undefined)),
-      }, logger)
-    : undefined;
-
-  const stop = (signal: NodeJS.Signals) => {
+  // The admin listener stays up until the last worker is gone, so /readyz answers 503 through the drain.
+  const finish = () => {
+    void (admin?.close() ?? Promise.resolve()).then(() => logger.flush(() => process.exit(exitCode)));
+  };
+  const stop = (code: number) => {
+    exitCode = Math.max(exitCode, code);
     if (stopping) return;
     stopping = true;
-    logger.info({ signal }, 'stopping: every worker drains');
-    for (const worker of Object.values(cluster.workers ?? {})) worker?.process.kill('SIGTERM');
-    void admin?.close();
+    for (const worker of live) worker.process.kill('SIGTERM');
+    if (live.size === 0) finish();
   };
-  process.once('SIGTERM', stop);
-  process.once('SIGINT', stop);
+
+  const exited = (worker: Worker, wasServing: boolean, failure: string | undefined, code: number | null, signal: string | null) => {
+    live.delete(worker);
+    if (stopping) {
+      if (live.size === 0) finish();
+      return;
+    }
+    const pid = worker.process.pid;
+    if (!wasServing) {
+      // It would fail the same way again: forking it anew is a loop, not a recovery.
+      process.stderr.write(`ws-guard: ${failure ?? `worker ${pid} exited before it was listening (${signal ?? `exit code ${code}`})`}\n`);
+      stop(1);
+      return;
+    }
+    const now = Date.now();
+    while (restarts.length > 0 && now - restarts[0]! > RESTART_WINDOW_MS) restarts.shift();
+    if (restarts.length >= MAX_RESTARTS) {
+      logger.error({ worker: pid, code, signal, restarts: restarts.length, windowMs: RESTART_WINDOW_MS }, 'workers keep crashing; giving up');
+      stop(1);
+      return;
+    }
+    restarts.push(now);
+    // Its slots were given back when it exited.
+    logger.error({ worker: pid, code, signal }, 'worker exited; starting another');
+    fork();
+  };
+
+  const fork = () => {
+    const worker = cluster.fork();
+    live.add(worker);
+    serveLimits(worker, store);
+    // A failed fork or IPC write is reported here; unheard, it would throw in the primary and end the group.
+    worker.on('error', (err: Error) => logger.error({ err, worker: worker.process.pid }, 'worker error'));
+    let failure: string | undefined;
+    worker.on('message', (message: unknown) => {
+      if (has(message, 'wsGuardStartup') && typeof message.wsGuardStartup === 'string') failure = message.wsGuardStartup;
+    });
+    worker.once('listening', () => serving.add(worker));
+    worker.once('exit', (code: number | null, signal: string | null) => {
+      const wasServing = serving.delete(worker);
+      // The line a worker sends just before exiting can arrive after 'exit'; 'disconnect' comes after it.
+      const settle = () => exited(worker, wasServing, failure, code, signal);
+      if (worker.isConnected()) worker.once('disconnect', settle);
+      else settle();
+    });
+  };
+  for (let i = 0; i < count; i++) fork();
+  logger.info({ workers: count }, 'ws-guard primary started');
+
+  const onSignal = (signal: NodeJS.Signals) => {
+    logger.info({ signal }, 'stopping: every worker drains');
+    stop(0);
+  };
+  process.once('SIGTERM', onSignal);
+  process.once('SIGINT', onSignal);
   process.on('SIGHUP', () => {
-    for (const worker of Object.values(cluster.workers ?? {})) worker?.process.kill('SIGHUP');
+    for (const worker of live) worker.process.kill('SIGHUP');
   });
 }

@@ -10,10 +10,11 @@ import { GuardEvents } from '../events.js';
 import { attachLogger } from '../ops/audit-log.js';
 import { createLogger } from '../ops/logger.js';
 import { startGuard, type Guard } from '../server/guard.js';
-import { startAdmin } from '../ops/admin.js';
+import { ListenError, formatAddress } from '../server/listen.js';
+import { startAdmin, type Admin } from '../ops/admin.js';
 import { createMetrics, metricsSource } from '../ops/metrics.js';
 import { IpcStore } from '../limits/ipc-store.js';
-import { answerMetrics, runPrimary, workerCount } from './cluster.js';
+import { answerMetrics, exitOnStartupFailure, runPrimary, workerCount } from './cluster.js';
 import { parseDuration } from '../config/units.js';
 import { startEchoUpstream } from './echo-upstream.js';
 import { mintToken, printable } from './token.js';
@@ -50,24 +51,42 @@ async function run(config: GuardConfig, options: RunOptions = {}): Promise<void>
   const metrics = config.admin && createMetrics(config, events, () => guard);
   // In a worker, slots and handshakes are counted by the primary, and it serves the admin listener.
   if (metrics && cluster.isWorker) answerMetrics(metrics);
-  guard = await startGuard(config, { events, store: cluster.isWorker ? new IpcStore() : undefined });
-  const started = guard;
-  const admin = metrics && cluster.isPrimary
-    ? await startAdmin(config, { draining: () => started.draining, metrics: metricsSource(metrics) }, logger)
-    : undefined;
-  const stop = (signal: NodeJS.Signals) => {
+  let admin: Admin | undefined;
+  try {
+    const started = await startGuard(config, { events, store: cluster.isWorker ? new IpcStore() : undefined });
+    guard = started;
+    if (metrics && cluster.isPrimary) {
+      admin = await startAdmin(config, { draining: () => started.draining, metrics: metricsSource(metrics) }, logger);
+    }
+  } catch (err) {
+    if (!(err instanceof ListenError)) throw err;
+    return exitOnStartupFailure(err.message);
+  }
+  events.emit('listening', { address: formatAddress(guard.host, guard.port), upstream: config.upstream.origin });
+
+  const running = guard;
+  const stop = async (signal: NodeJS.Signals) => {
     logger.info({ signal }, 'stopping');
-    // The admin listener stays up through the drain, so /readyz answers 503 meanwhile.
-    void guard!.drain().then(() => admin?.close()).then(() => options.onStop?.()).then(() => process.exit(0));
+    let code = 0;
+    try {
+      // The admin listener stays up through the drain, so /readyz answers 503 meanwhile.
+      await running.drain();
+      await admin?.close();
+      await options.onStop?.();
+    } catch (err) {
+      logger.error({ err }, 'stopping failed');
+      code = 1;
+    }
+    logger.flush(() => process.exit(code));
   };
-  process.once('SIGTERM', stop);
-  process.once('SIGINT', stop);
+  process.once('SIGTERM', (signal) => void stop(signal));
+  process.once('SIGINT', (signal) => void stop(signal));
 
   const { reload } = options;
   if (reload === undefined) return;
   const apply = (trigger: string) => {
     try {
-      guard!.reload(reload());
+      running.reload(reload());
       logger.info({ trigger }, 'config reloaded: new connections use it, open ones keep theirs');
     } catch (err) {
       // The old config stays: a bad edit must never take the guard down.

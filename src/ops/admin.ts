@@ -1,6 +1,7 @@
 import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import type { GuardConfig } from '../config/schema.js';
+import { listen } from '../server/listen.js';
 import type { Logger } from './logger.js';
 
 /** How long one upstream TCP probe may take, and how long its answer is reused (probes are cheap, not free). */
@@ -87,12 +88,14 @@ export async function startAdmin(config: GuardConfig, sources: AdminSources, log
       else text(res, 500, 'internal error\n');
     });
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(address.port, address.host, () => resolve());
-  });
+  await listen(server, address.host, address.port, 'admin');
   return {
     port: (server.address() as AddressInfo).port,
-    close: () => new Promise((resolve) => server.close(() => resolve())),
+    close: () =>
+      new Promise((resolve) => {
+        server.close(() => resolve());
+        // The process is leaving: a scrape's keep-alive connection must not hold it for keepAliveTimeout.
+        server.closeAllConnections();
+      }),
   };
 }

@@ -10,6 +10,7 @@ import type { LimitStore } from '../limits/store.js';
 import type { Session, SessionEnd } from '../proxy/session.js';
 import { TrustedProxies, normalizeAddress, type ForwardContext } from './forwarded.js';
 import { createHttpPassThrough } from './http-proxy.js';
+import { listen } from './listen.js';
 import { createRouter, identityHeaderNames } from './routes.js';
 import { createUpgradeHandler, type Handshake } from './upgrade.js';
 
@@ -157,15 +158,8 @@ export async function startGuard(config: GuardConfig, options: GuardOptions = {}
 
   server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => runtime.upgrades.handle(req, socket, head));
 
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(config.listen.port, config.listen.host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
+  await listen(server, config.listen.host, config.listen.port, 'listen');
   const address = server.address() as AddressInfo;
-  events.emit('listening', { address: `${address.address}:${address.port}`, upstream: config.upstream.origin });
 
   const stopListening = () =>
     new Promise<void>((resolve) => {
