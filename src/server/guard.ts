@@ -138,14 +138,32 @@ export async function startGuard(config: GuardConfig, options: GuardOptions = {}
     startedAt: Date.now(), ip: normalizeAddress(socket.remoteAddress), req, route: undefined,
   });
 
-  server.on('request', (req, res) => runtime.request(req, res));
+  /**
+   * Every listener's work runs through here: a fault while handling one connection (a bug, or input no
+   * check foresaw) ends that connection with a log line and an answer where one can still be written,
+   * never the process and the connections of everyone else (design.md §1, totality).
+   */
+  const contained = (where: string, socket: Socket, work: () => void, res?: ServerResponse) => {
+    try {
+      work();
+    } catch (err) {
+      events.emit('internalError', { err, where });
+      if (res !== undefined && !res.headersSent) {
+        res.shouldKeepAlive = false;
+        res.writeHead(500, { 'Content-Type': 'text/plain; charset=utf-8', Connection: 'close', 'X-WS-Guard-Error': 'INTERNAL_ERROR' });
+        res.end('internal error in ws-guard\n');
+      } else socket.destroy();
+    }
+  };
 
-  server.on('connect', (req, socket: Socket) => {
+  server.on('request', (req, res) => contained('request', req.socket, () => runtime.request(req, res), res));
+
+  server.on('connect', (req, socket: Socket) => contained('connect', socket, () => {
     socket.on('error', () => socket.destroy());
     runtime.upgrades.refuse(socket, new GuardError('BAD_METHOD', 'CONNECT', { Allow: 'GET' }), early(socket, req));
-  });
+  }));
 
-  server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => contained('clientError', socket, () => {
     if (err.code === 'ECONNRESET' || !socket.writable) {
       socket.destroy();
       return;
@@ -154,9 +172,11 @@ export async function startGuard(config: GuardConfig, options: GuardOptions = {}
       ? 'HEADERS_TOO_LARGE'
       : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'HANDSHAKE_TIMEOUT' : 'BAD_REQUEST';
     runtime.upgrades.refuse(socket, new GuardError(code, err.code), early(socket));
-  });
+  }));
 
-  server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => runtime.upgrades.handle(req, socket, head));
+  server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    contained('upgrade', socket, () => runtime.upgrades.handle(req, socket, head));
+  });
 
   await listen(server, config.listen.host, config.listen.port, 'listen');
   const address = server.address() as AddressInfo;

@@ -260,7 +260,8 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
     for (let i = 0; i < response.rawHeaders.length; i += 2) answer += `${response.rawHeaders[i]}: ${response.rawHeaders[i + 1]}\r\n`;
     // Browsers fail a handshake whose offer is answered with no protocol: name the marker they offered.
     if (tokenInProtocol && response.headers['sec-websocket-protocol'] === undefined) answer += `Sec-WebSocket-Protocol: ${BEARER_MARKER}\r\n`;
-    socket.write(`${answer}\r\n`);
+    // Node decodes header bytes as latin1: written back the same way, obs-text reaches the client unchanged.
+    socket.write(`${answer}\r\n`, 'latin1');
 
     const expiresAt = identity !== undefined && route.auth?.jwt.expiry === 'close' ? identity.expiresAt : undefined;
     const rate = limits.messages;
@@ -329,7 +330,7 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
     socket.resume();
     socket.once('end', () => socket.destroy());
     socket.once('close', () => response.destroy());
-    socket.write(`${head}Connection: close\r\n\r\n`);
+    socket.write(`${head}Connection: close\r\n\r\n`, 'latin1');
     response.pipe(socket);
     response.once('error', () => socket.destroy());
   }
