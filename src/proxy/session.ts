@@ -105,7 +105,9 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
       socket.setNoDelay(true);
       socket.setTimeout(0);
       socket.on('error', (err) => this.onSocketError(socket, err));
-      socket.once('close', () => this.onSocketClose());
+      // A leg that closed before the session existed has no 'close' left to emit; it still counts.
+      if (socket.closed) process.nextTick(() => this.onSocketClose());
+      else socket.once('close', () => this.onSocketClose());
     }
     this.client.on('data', (chunk: Buffer) => this.pass(chunk, this.client, this.upstream, this.c2u));
     this.upstream.on('data', (chunk: Buffer) => this.pass(chunk, this.upstream, this.client, this.u2c));
