@@ -123,7 +123,7 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
     if (options.expiresAt !== undefined) this.armExpiry(options.expiresAt);
     if (options.idleTimeoutMs !== undefined) this.armIdle(options.idleTimeoutMs);
     if (options.maxLifetimeMs !== undefined) {
-      this.lifetimeTimer = setTimeout(() => this.close('MAX_LIFETIME', 'maximum lifetime reached'), Math.min(options.maxLifetimeMs, 0x7fffffff));
+      this.lifetimeTimer = setTimeout(() => this.close('MAX_LIFETIME', 'maximum lifetime reached'), options.maxLifetimeMs);
     }
     if (options.upstreamHead.length > 0) this.pass(options.upstreamHead, this.upstream, this.client, this.u2c);
     if (options.clientHead.length > 0) this.pass(options.clientHead, this.client, this.upstream, this.c2u);
