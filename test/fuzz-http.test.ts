@@ -575,13 +575,13 @@ describe('HTTP fuzzer against the built guard process', () => {
       start,
       exec: (g, c) => rawExchange(g.port, planOf(c), DEADLINE_MS, IDLE_MS),
       shrink,
-      onCase: ({ fuzzCase, answer, result: r }) => {
-        if (VERBOSE) console.log(`${show(fuzzCase)}\n  → ${esc(r.received, 600)}${r.peerClosed ? ' [closed by guard]' : ''} ${r.ms} ms`);
-        statuses.add(`${fuzzCase.upgrade ? 'upgrade' : 'plain'} ${answer.status ?? 'none'}`);
+      onCase: ({ fuzzCase, answer, result: r, guardDied }) => {
+        if (VERBOSE) console.log(`${show(fuzzCase)}\n  → ${esc(r.received, 600)}${r.peerClosed ? ' [closed by guard]' : ''}${guardDied ? ' [the process died meanwhile]' : ''} ${r.ms} ms`);
+        statuses.add(`${fuzzCase.upgrade ? 'upgrade' : 'plain'} ${guardDied ? 'died meanwhile' : answer.status ?? 'none'}`);
         const code = answer.headers['x-ws-guard-error'];
         if (code) codes.add(code);
         // The app is up the whole run: "unreachable" means the guard blamed the upstream for something else.
-        if (code === 'UPSTREAM_UNREACHABLE' || code === 'UPSTREAM_TIMEOUT') {
+        if (!guardDied && (code === 'UPSTREAM_UNREACHABLE' || code === 'UPSTREAM_TIMEOUT')) {
           note(`${code} answered though the upstream is up (${/upstream [a-z ]+: \w+/.exec(r.received.toString('latin1'))?.[0] ?? '?'}; ending=${fuzzCase.ending})`, fuzzCase);
         }
       },

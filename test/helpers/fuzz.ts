@@ -313,6 +313,11 @@ export interface GuardProc {
 }
 
 const MAX_LOG_LINES = 20_000;
+/** Every guard process started here: none may outlive the test process, whatever happened. */
+const children = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+});
 const MAX_STDERR = 256 * 1024;
 
 /** Starts `node bin/ws-guard.js --config <file>` from the snapshot and waits for its listening line. */
@@ -324,6 +329,8 @@ export async function spawnGuard(configYaml: string, env: Record<string, string>
     env: { ...process.env, ...env, WS_GUARD_LOG_LEVEL: process.env.WS_GUARD_LOG_LEVEL ?? 'info' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  children.add(child);
+  child.once('exit', () => children.delete(child));
   let stderr = '';
   let partial = '';
   const logs: Record<string, unknown>[] = [];
@@ -466,6 +473,8 @@ export interface CaseReport<C extends FuzzCase> {
   fuzzCase: C;
   result: RawResult;
   answer: Answer;
+  /** The process died while this case ran: what it got may be collateral damage of another case. */
+  guardDied: boolean;
 }
 
 export interface Crash<C extends FuzzCase> {
@@ -586,6 +595,11 @@ export async function runCampaign<C extends FuzzCase>(options: CampaignOptions<C
         const g = await current();
         inFlight.get(g)!.add(c);
         const result = await options.exec(g, c);
+        // A process that is dying refuses or resets connections a moment before its exit is seen.
+        if (g.exit === undefined && (result.connectError !== undefined || result.received.length === 0)) {
+          const until = Date.now() + (result.connectError !== undefined ? 2000 : 200);
+          while (g.exit === undefined && Date.now() < until) await sleep(10);
+        }
         inFlight.get(g)!.delete(c);
         const list = recentlyDone.get(g)!;
         list.push({ c, at: Date.now() });
@@ -593,13 +607,16 @@ export async function runCampaign<C extends FuzzCase>(options: CampaignOptions<C
         // Refused because the process had just died: run the case again on the next one.
         if (result.connectError !== undefined && g.exit !== undefined && attempts++ < 2) continue;
         ran++;
+        if (result.connectError !== undefined && g.exit === undefined) {
+          badAnswers.push({ fuzzCase: c, problem: `the live process refused the connection: ${result.connectError}`, received: result.received });
+        }
         const answer = parseAnswer(result.received);
         if (answer.problem !== undefined) badAnswers.push({ fuzzCase: c, problem: answer.problem, received: result.received });
         else if (g.exit === undefined) {
           const wrong = options.judge?.(c, result, answer);
           if (wrong !== undefined) badAnswers.push({ fuzzCase: c, problem: wrong, received: result.received });
         }
-        options.onCase?.({ fuzzCase: c, result, answer });
+        options.onCase?.({ fuzzCase: c, result, answer, guardDied: g.exit !== undefined });
         break;
       }
       if (pendingCrashesSeen >= maxCrashes) stopped = true;
@@ -749,7 +766,8 @@ export function summarize<C extends FuzzCase>(
     out.push(`* CRASH ${sig}  (narrowed ${list.length}×, ${again} more crash(es) with this signature)`);
     out.push(indent(list[0]!.text, '    | '));
     for (const crash of list.slice(0, 3)) {
-      out.push(`    ${crash.reproduced ? 'reproduced by' : 'NOT reproduced alone; suspects'} ${crash.cases.map((c) => `#${c.id}`).join(', ')}`);
+      const label = !crash.reproduced ? 'NOT reproduced in replays; suspects' : crash.cases.length > 1 ? 'reproduced only by these together' : 'reproduced by';
+      out.push(`    ${label} ${crash.cases.map((c) => `#${c.id}`).join(', ')}`);
       for (const c of crash.cases.slice(0, 3)) out.push(indent(show(c), '      '));
     }
     const min = list.find((c) => c.minimized)?.minimized;
