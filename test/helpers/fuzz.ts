@@ -521,7 +521,9 @@ export interface CampaignResult<C extends FuzzCase> {
   /** Warn/error log lines (and stderr text) of processes that did not crash. */
   survivorLogs: Record<string, unknown>[];
   survivorStderr: string[];
+  /** The whole campaign, and the run alone (without narrowing crashes down). */
   ms: number;
+  runMs: number;
 }
 
 /**
@@ -624,6 +626,7 @@ export async function runCampaign<C extends FuzzCase>(options: CampaignOptions<C
   };
   await Promise.all(Array.from({ length: concurrency }, worker));
   const notRun = queue.length;
+  const runMs = Date.now() - started;
   // Let a last crash be seen, then stop collecting: the replays below crash the guard on purpose.
   await sleep(300);
   await current();
@@ -720,7 +723,7 @@ export async function runCampaign<C extends FuzzCase>(options: CampaignOptions<C
     for (const l of run.logs()) survivorLogs.push(l);
     if (run.exit === undefined && UNCAUGHT.test(run.stderr())) survivorStderr.push(run.stderr());
   }
-  return { guard: g, crashes, repeatCrashes, runCrashes, restarts, ran, notRun, badAnswers, survivorLogs, survivorStderr, ms: Date.now() - started };
+  return { guard: g, crashes, repeatCrashes, runCrashes, restarts, ran, notRun, badAnswers, survivorLogs, survivorStderr, ms: Date.now() - started, runMs };
 }
 
 /** Deletes one line (CRLF-separated) at a time from `data`: the minimizer's candidates. */
@@ -757,7 +760,7 @@ export function summarize<C extends FuzzCase>(
 ): string {
   const out: string[] = [];
   out.push(`=== ${title}: seed ${SEED} (replay: WS_GUARD_FUZZ_SEED=${SEED} WS_GUARD_FUZZ_CASE=<id>) ===`);
-  out.push(`ran ${result.ran} cases in ${(result.ms / 1000).toFixed(1)} s (crash triage included); the process died ${result.runCrashes}× during the run (restarts incl. triage replays: ${result.restarts}); not run: ${result.notRun}`);
+  out.push(`ran ${result.ran} cases in ${(result.runMs / 1000).toFixed(1)} s (+${((result.ms - result.runMs) / 1000).toFixed(1)} s narrowing crashes down); the process died ${result.runCrashes}× during the run (restarts incl. triage replays: ${result.restarts}); not run: ${result.notRun}`);
   const bySig = new Map<string, Crash<C>[]>();
   for (const c of result.crashes) bySig.set(c.signature, [...(bySig.get(c.signature) ?? []), c]);
   if (bySig.size > 0) out.push(`--- ${bySig.size} distinct crash signature(s) ---`);
