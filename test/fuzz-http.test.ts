@@ -16,7 +16,7 @@ import WebSocket from 'ws';
 import { freePort } from './helpers/clients.js';
 import {
   MINIMIZE, VERBOSE, ONLY, SEED, Tally, UNCAUGHT, caseCount, caseRng, esc, httpGet, latin1, lineDeletions, metricSum,
-  rawExchange, runCampaign, spawnGuard, summarize, until, wsFrame, wsKey, type FuzzCase, type GuardProc, type Rng,
+  rawExchange, removeSnapshot, runCampaign, spawnGuard, summarize, until, wsFrame, wsKey, type FuzzCase, type GuardProc, type Rng,
 } from './helpers/fuzz.js';
 import { startUpstream, type Upstream } from './helpers/upstream.js';
 
@@ -88,6 +88,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await guard?.stop();
   await upstream?.stop();
+  removeSnapshot();
 });
 
 function start(): Promise<GuardProc> {

@@ -20,7 +20,7 @@ import WebSocket, { WebSocketServer } from 'ws';
 import { freePort } from './helpers/clients.js';
 import {
   MINIMIZE, ONLY, SEED, Tally, UNCAUGHT, VERBOSE, WS_GUID, caseCount, caseRng, esc, httpGet, latin1, lineDeletions, metricSum,
-  rawExchange, runCampaign, spawnGuard, summarize, until, wsFrame, wsKey, type FuzzCase, type GuardProc, type Rng,
+  rawExchange, removeSnapshot, runCampaign, spawnGuard, summarize, until, wsFrame, wsKey, type FuzzCase, type GuardProc, type Rng,
 } from './helpers/fuzz.js';
 
 const CASES = caseCount(1500);
@@ -62,6 +62,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await guard?.stop();
   await hostile?.close();
+  removeSnapshot();
 });
 
 function start(): Promise<GuardProc> {

@@ -293,8 +293,14 @@ export function buildSnapshot(): string {
   }
   symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'), 'dir');
   snapshot = dir;
-  process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
+  process.once('exit', removeSnapshot);
   return dir;
+}
+
+/** Removes the copy of the build (call from afterAll, once the guard processes are stopped). */
+export function removeSnapshot(): void {
+  if (snapshot !== undefined) rmSync(snapshot, { recursive: true, force: true });
+  snapshot = undefined;
 }
 
 export interface GuardProc {
