@@ -384,6 +384,9 @@ function fakeAnswer(req: FakeRequest): void {
     case '/304-body': // a body on a status that has none: the bytes would be the next response
       socket.write(`HTTP/1.1 ${req.path.slice(1, 4)} Nothing\r\nContent-Length: 5\r\n\r\nhello`);
       break;
+    case '/long-body': // more body than Content-Length says: the extra byte would be the next response
+      socket.end('HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nab');
+      break;
     case '/plain-101': // a protocol switch nobody asked for, on a plain request
       socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n');
       break;
@@ -453,6 +456,29 @@ describe('hostile upstream answers are checked before they reach the client', ()
     const res = await conn.readHttpResponse();
     expect(res.status).toBe(Number(path.slice(1, 4)));
     expect(res.headers['content-length']).toBe(path === '/204-body' ? undefined : '5');
+    await stillServes();
+  });
+
+  it('more body than Content-Length: the client gets the answer the length frames, the rest is dropped', async () => {
+    for (let i = 0; i < 20; i++) {
+      const res = await fetch(`${viaFake.httpUrl}/long-body?tag=${tag('long')}`);
+      expect(res.status).toBe(200);
+      expect(await res.text()).toBe('a');
+    }
+    await stillServes();
+  });
+
+  it('a client that leaves while the upstream is dialled gets nothing and is not logged as a refusal', async () => {
+    const logged = viaFake.logs.length;
+    const t = tag('gone');
+    const conn = await connect(viaFake.port);
+    conn.write(upgradeRequest(`/silent?tag=${t}`));
+    await fake.request(t);
+    conn.socket.end();
+    await conn.waitClosed();
+    expect(conn.received.length).toBe(0);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(viaFake.logs.slice(logged).filter((l) => l.msg === 'upgrade refused')).toEqual([]);
     await stillServes();
   });
 

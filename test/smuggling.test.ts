@@ -120,6 +120,13 @@ describe('plain HTTP framing: the upstream sees exactly the requests the client 
     }
   });
 
+  it('two Host headers → 400, as on an upgrade: the app could pick another host than the guard forwarded', async () => {
+    const t = tag();
+    const text = await exchange(`GET /headers?tag=${t} HTTP/1.1\r\nHost: evil.example\r\nHost: app\r\n\r\n`);
+    expect(statusLines(text)).toEqual([400]);
+    expect(await upstream.seen(t)).toEqual([]);
+  });
+
   it('a body is forwarded intact with the framing the guard states', async () => {
     const body = 'x'.repeat(100_000);
     const chunked = await fetch(`${guard.httpUrl}/upload`, {

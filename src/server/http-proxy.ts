@@ -7,6 +7,7 @@ import { isFinalStatus, reasonPhrase, relayableHeaders, upstreamFailure } from '
 import { armUpstreamDeadlines } from '../proxy/deadlines.js';
 import { pathRedactor } from './redact.js';
 import { upstreamHeaders, type ForwardContext } from './forwarded.js';
+import { headerCount } from './handshake.js';
 import { parseTarget, routingPath } from './target.js';
 
 /**
@@ -52,9 +53,17 @@ export function createHttpPassThrough(config: GuardConfig, events: GuardEvents, 
       res.end(`${err.message}\n`);
     };
 
+    // A write that fails after the answer began can only end this client's connection.
+    res.on('error', () => res.destroy());
     const target = parseTarget(req.url);
     if (target === null || routingPath(target.path) === null) {
       refuse(new GuardError('BAD_REQUEST', target === null ? 'request target is not an origin-form path in visible ASCII' : 'ambiguous request target'));
+      return;
+    }
+    // Node keeps the first of several Host lines while all of them would be forwarded: the app could pick
+    // another host than the one the guard sent as X-Forwarded-Host (RFC 9112 §3.2: exactly one).
+    if (headerCount(req, 'host') > 1) {
+      refuse(new GuardError('BAD_REQUEST', 'more than one Host header'));
       return;
     }
     let framing: [string, string] | null;
@@ -87,12 +96,9 @@ export function createHttpPassThrough(config: GuardConfig, events: GuardEvents, 
 
     let relayed: IncomingMessage | undefined;
     upstreamReq.on('error', (err: NodeJS.ErrnoException) => {
-      // Bytes after a complete answer (a 204 or 304 "with a body") break only the upstream connection;
-      // the client already has the whole answer.
-      if (relayed?.complete) {
-        if (!res.writableEnded) res.end();
-        return;
-      }
+      // Bytes after a complete answer (a 204 or 304 "with a body", more than Content-Length) break only
+      // the upstream connection: the pipe still delivers the whole answer to the client.
+      if (relayed?.complete) return;
       fail(upstreamFailure(err));
     });
     // A 101 to a request that asked for no upgrade would turn the pooled connection into a tunnel.

@@ -238,6 +238,14 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
         responseTimeoutMs: config.timeouts.upstreamResponse,
         signal: aborted.signal,
       });
+    } catch (err) {
+      // The client left while the upstream was dialled: there is no one left to answer.
+      if (aborted.signal.aborted) {
+        lease.release();
+        socket.destroy();
+        return;
+      }
+      throw err;
     } finally {
       socket.off('close', onGone);
       socket.off('end', onGone);
