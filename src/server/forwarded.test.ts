@@ -53,3 +53,11 @@ describe('upstream headers', () => {
     ]);
   });
 });
+
+describe('headers in disguise', () => {
+  it('removes underscore spellings of identity and forwarding headers, which WSGI servers read as the real ones', () => {
+    const raw = ['Host', 'a', 'X_Auth_Sub', 'admin', 'x_forwarded_for', '6.6.6.6', 'X_Forwarded_Host', 'evil', 'X_Other', 'kept'];
+    const out = upstreamHeaders(raw, { peer: '192.0.2.1', trusted: false, proto: 'http', host: 'a' }, new Set(['x-auth-sub']));
+    expect(out).toEqual(['Host', 'a', 'X_Other', 'kept', 'X-Forwarded-For', '192.0.2.1', 'X-Forwarded-Proto', 'http', 'X-Forwarded-Host', 'a']);
+  });
+});

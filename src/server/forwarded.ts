@@ -62,6 +62,17 @@ export interface ForwardContext {
   host: string | undefined;
 }
 
+/**
+ * `X_Auth_Sub` for `X-Auth-Sub`: CGI and WSGI servers (gunicorn, Django, Flask) read `-` and `_` in a name
+ * as the same character, so such a header would reach the app as the identity or forwarding header the
+ * guard sets. It is removed like the header it imitates.
+ */
+function disguised(lower: string, drop: ReadonlySet<string>): boolean {
+  if (!lower.includes('_')) return false;
+  const read = lower.replaceAll('_', '-');
+  return drop.has(read) || FORWARDING.has(read);
+}
+
 /** The headers without hop-by-hop ones (and those the Connection header names), nor any in `drop`. */
 export function withoutHopByHop(rawHeaders: string[], drop: ReadonlySet<string> = new Set()): string[] {
   const named = new Set<string>();
@@ -76,7 +87,7 @@ export function withoutHopByHop(rawHeaders: string[], drop: ReadonlySet<string> 
   const out: string[] = [];
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const lower = rawHeaders[i]!.toLowerCase();
-    if (!HOP_BY_HOP.has(lower) && !named.has(lower) && !drop.has(lower)) out.push(rawHeaders[i]!, rawHeaders[i + 1]!);
+    if (!HOP_BY_HOP.has(lower) && !named.has(lower) && !drop.has(lower) && !disguised(lower, drop)) out.push(rawHeaders[i]!, rawHeaders[i + 1]!);
   }
   return out;
 }
