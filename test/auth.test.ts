@@ -1,3 +1,4 @@
+import { createHmac } from 'node:crypto';
 import { SignJWT, type JWTPayload } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
@@ -205,6 +206,24 @@ describe('identity keys are total', () => {
       const weird = await token({ sub: sub as unknown as string });
       expect(await refusal(`${perUser.wsUrl}/ws/echo`, ['bearer', weird])).toMatchObject({ status: 403, code: 'CLAIMS_INSUFFICIENT' });
       expect(await refusal(`${guard.wsUrl}/ws/echo`, ['bearer', weird])).toMatchObject({ status: 403, code: 'CLAIMS_INSUFFICIENT' });
+    }
+  });
+
+  it('a token without sub, or with a sub beyond 2^53, is refused (403) where a per-user limit needs a user', async () => {
+    const noRequired = await startTestGuard({
+      upstream: upstream.url, auth: { jwt: { ...JWT, requiredClaims: [], forwardClaims: {} } }, limits: { connections: { perUser: 1 } },
+    });
+    try {
+      expect(await refusal(`${noRequired.wsUrl}/ws/echo`, ['bearer', await token({ sub: undefined })]))
+        .toMatchObject({ status: 403, code: 'CLAIMS_INSUFFICIENT' });
+      // Signed by hand: JavaScript cannot even hold this number, JSON.parse rounds it to ...992.
+      const b64 = (text: string) => Buffer.from(text).toString('base64url');
+      const body = `${b64('{"alg":"HS256"}')}.${b64(`{"sub":9007199254740993,"aud":"chat","exp":${now() + 60}}`)}`;
+      const huge = `${body}.${createHmac('sha256', SECRET).update(body).digest('base64url')}`;
+      expect(await refusal(`${noRequired.wsUrl}/ws/echo`, ['bearer', huge])).toMatchObject({ status: 403, code: 'CLAIMS_INSUFFICIENT' });
+      expect(await refusal(`${guard.wsUrl}/ws/echo`, ['bearer', huge])).toMatchObject({ status: 403, code: 'CLAIMS_INSUFFICIENT' });
+    } finally {
+      await noRequired.close();
     }
   });
 

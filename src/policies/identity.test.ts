@@ -41,6 +41,15 @@ describe('user key', () => {
     expect(userKey({})).toBeUndefined();
   });
 
+  it('is null for a number JSON could not carry exactly, which would name another user', () => {
+    expect(userKey({ sub: 9007199254740993 } as never)).toBeNull();
+    expect(userKey({ sub: Infinity } as never)).toBeNull();
+    expect(userKey({ sub: 1.5 } as never)).toBeNull();
+    expect(() => claimHeaders({ sub: 9007199254740993 } as never, { sub: 'X-Auth-Sub' })).toThrow(expect.objectContaining({ code: 'CLAIMS_INSUFFICIENT' }));
+    expect(() => claimHeaders({ role: [1, 123456789012345678901] } as never, { role: 'X-Role' })).toThrow(expect.objectContaining({ code: 'CLAIMS_INSUFFICIENT' }));
+    expect(claimHeaders({ ratio: 0.25 } as never, { ratio: 'X-Ratio' })).toEqual(['X-Ratio', '0.25']);
+  });
+
   it('is null for a sub that is not a scalar', () => {
     expect(userKey({ sub: { id: 1 } } as never)).toBeNull();
     expect(userKey({ sub: [1] } as never)).toBeNull();

@@ -31,9 +31,21 @@ export function headerValue(text: string): string {
   return out;
 }
 
-/** Why a `sub` that names no one is refused, when something needs it (a header, a per-user limit). */
+/** Why a token that names no one is refused, when something needs a user (a header, a per-user limit). */
 export function notAUser(): GuardError {
-  return new GuardError('CLAIMS_INSUFFICIENT', 'claim sub is not a string, number or boolean');
+  return new GuardError('CLAIMS_INSUFFICIENT', 'no user: claim sub is missing or not a string, boolean or safe integer');
+}
+
+/**
+ * Whether JSON.stringify gives back the number the token's text held: integers beyond 2^53 (and
+ * Infinity, from `1e400`) were already rounded when the payload was parsed, so `9007199254740993` would
+ * be forwarded as `...992`, another user.
+ */
+function exact(value: unknown): boolean {
+  if (typeof value === 'number') return Number.isSafeInteger(value) || (Number.isFinite(value) && !Number.isInteger(value));
+  if (Array.isArray(value)) return value.every(exact);
+  if (typeof value === 'object' && value !== null) return Object.values(value).every(exact);
+  return true;
 }
 
 /**
@@ -45,8 +57,9 @@ export function claimHeaders(claims: JWTPayload, forwardClaims: Readonly<Record<
   const out: string[] = [];
   for (const [claim, header] of Object.entries(forwardClaims)) {
     const value = claim === 'sub' ? userKey(claims) : claims[claim];
-    if (value === null && claim === 'sub') throw notAUser();
+    if (claim === 'sub' && value === null) throw notAUser();
     if (value === undefined || value === null) continue;
+    if (!exact(value)) throw new GuardError('CLAIMS_INSUFFICIENT', `claim ${claim} holds a number too large to forward exactly`);
     out.push(header, headerValue(typeof value === 'string' ? value : JSON.stringify(value)));
   }
   return out;
@@ -55,13 +68,14 @@ export function claimHeaders(claims: JWTPayload, forwardClaims: Readonly<Record<
 /**
  * Who the token names, as the key of per-user limits: `sub` in a canonical string form whatever its JSON
  * scalar type (`"12345"` and `12345` are the same user). Undefined when the token has no `sub`; null when
- * it has one that names no one (null, an object, an array), which the caller refuses where a per-user
- * limit needs a user, instead of letting the connection silently escape the limit.
+ * it has one that names no one (null, an object, an array, a number JSON could not carry exactly). The
+ * caller refuses both where a per-user limit needs a user, instead of letting the connection silently
+ * escape the limit.
  */
 export function userKey(claims: JWTPayload): string | null | undefined {
   const sub: unknown = claims.sub;
   if (sub === undefined) return undefined;
   if (typeof sub === 'string') return sub;
-  if (typeof sub === 'number' || typeof sub === 'boolean') return JSON.stringify(sub);
+  if (typeof sub === 'boolean' || (typeof sub === 'number' && Number.isSafeInteger(sub))) return JSON.stringify(sub);
   return null;
 }

@@ -45,7 +45,6 @@ describe('token sources', () => {
     expect(find('/ws?a=1&access_token=q.t.x')).toEqual({ token: 'q.t.x', source: 'query' });
     expect(find('/ws?a=1&acc%65ss_token=q.t.x')).toEqual({ token: 'q.t.x', source: 'query' });
     expect(find('/', ['Cookie', 'a=b; session=c.t.x'])).toEqual({ token: 'c.t.x', source: 'cookie' });
-    expect(find('/', ['Authorization', 'Basic dXNlcjpwdw=='])).toBeUndefined();
     expect(find('/ws?access_token=')).toBeUndefined();
   });
 
@@ -63,5 +62,19 @@ describe('token sources', () => {
     expect(() => find('/', [], ['a', 'b'])).toThrow(refused);
     expect(() => find('/ws?access_token=q', ['Authorization', 'Bearer h'])).toThrow(refused);
     expect(() => find('/ws?access_token=q', ['Authorization', 'Bearer h'], [], { ...jwt, tokenSources: ['header'] })).toThrow(refused);
+  });
+
+  it('counts any Authorization header as a credential, and reads only "Bearer <token>" as a token', () => {
+    for (const value of ['Bearer a b', 'JWT a', 'Token a', 'Basic dXNlcjpwdw==']) {
+      expect(() => find('/ws?access_token=q', ['Authorization', value]), value).toThrow(refused);
+      expect(() => find('/', ['Authorization', value]), value).toThrow(refused);
+    }
+    expect(find('/', ['Authorization', 'Basic dXNlcjpwdw=='], [], { ...jwt, tokenSources: ['query'] })).toBeUndefined();
+  });
+
+  it('reads cookie names the way any server might strip them (Python strips U+0085, trim() does not)', () => {
+    expect(() => find('/', ['Authorization', 'Bearer h', 'Cookie', '\u0085session=c'])).toThrow(refused);
+    expect(() => find('/', ['Authorization', 'Bearer h', 'Cookie', '\u00a0session\t=c'])).toThrow(refused);
+    expect(find('/', ['Cookie', '\u0085session=c\u0085'])).toEqual({ token: 'c', source: 'cookie' });
   });
 });

@@ -26,18 +26,33 @@ export function takeProtocolTokens(protocols: string[]): string[] {
   return tokens;
 }
 
+/**
+ * What any cookie parser might strip around a name or value: JavaScript's and Python's whitespace (Python
+ * also strips U+0085, which `trim()` keeps), controls and the latin1 range they read header bytes as.
+ * Stripping the union means a name the app reads as the token cookie is always counted here.
+ */
+const COOKIE_PADDING = /^[\s\x00-\x20\x7f-\xa0]+|[\s\x00-\x20\x7f-\xa0]+$/g;
+
 /** Every value of the cookie `name`, across all Cookie headers (Node joins them with `; `). */
 function cookieValues(header: string | undefined, name: string): string[] {
   if (header === undefined) return [];
   const values: string[] = [];
   for (const pair of header.split(';')) {
     const eq = pair.indexOf('=');
-    if (eq !== -1 && pair.slice(0, eq).trim() === name) values.push(pair.slice(eq + 1).trim().replace(/^"(.*)"$/, '$1'));
+    if (eq !== -1 && pair.slice(0, eq).replace(COOKIE_PADDING, '') === name) {
+      values.push(pair.slice(eq + 1).replace(COOKIE_PADDING, '').replace(/^"(.*)"$/, '$1'));
+    }
   }
   return values;
 }
 
-const BEARER = /^Bearer[ \t]+(\S+)[ \t]*$/i;
+const BEARER = /^Bearer[ \t]+(\S+)$/i;
+
+/** A credential found in the request; `token` is undefined when the guard cannot read it as a token. */
+interface Credential {
+  token: string | undefined;
+  source: FoundToken['source'];
+}
 
 /**
  * Finds the one token of a request. Every place a token can travel is searched (the Authorization
@@ -47,11 +62,13 @@ const BEARER = /^Bearer[ \t]+(\S+)[ \t]*$/i;
  * uses the other. A single token is accepted only from a configured source.
  */
 export function findToken(req: IncomingMessage, jwt: JwtConfig, target: Target, protocolTokens: readonly string[]): FoundToken | undefined {
-  const found: FoundToken[] = [];
+  const found: Credential[] = [];
   const authorizations = headerCount(req, 'authorization');
   if (authorizations > 1) throw new GuardError('TOKEN_INVALID', 'more than one Authorization header');
-  const header = authorizations === 1 ? BEARER.exec(req.headers.authorization ?? '')?.[1] : undefined;
-  if (header !== undefined) found.push({ token: header, source: 'header' });
+  // Any Authorization header is a credential the app may read (`Bearer <a> <b>`, `JWT <a>`, `Basic ...`):
+  // it counts as one, and only the exact `Bearer <token>` form can be the token the guard verifies.
+  const authorization = authorizations === 1 ? req.headers.authorization!.trim() : '';
+  if (authorization !== '') found.push({ token: BEARER.exec(authorization)?.[1], source: 'header' });
   for (const token of protocolTokens) found.push({ token, source: 'protocol' });
   for (const token of queryValues(target.query, jwt.queryParam)) found.push({ token, source: 'query' });
   for (const token of cookieValues(req.headers.cookie, jwt.cookie)) found.push({ token, source: 'cookie' });
@@ -60,5 +77,7 @@ export function findToken(req: IncomingMessage, jwt: JwtConfig, target: Target, 
   const tokens = found.filter((f) => f.token !== '');
   if (tokens.length > 1) throw new GuardError('TOKEN_INVALID', `more than one token (${tokens.map((f) => f.source).join(', ')})`);
   const [only] = tokens;
-  return only !== undefined && jwt.tokenSources.includes(only.source) ? only : undefined;
+  if (only === undefined || !jwt.tokenSources.includes(only.source)) return undefined;
+  if (only.token === undefined) throw new GuardError('TOKEN_INVALID', 'Authorization is not "Bearer <token>"');
+  return { token: only.token, source: only.source };
 }

@@ -151,7 +151,7 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
         identity = await verify(found.token);
         identityHeaders.push(...claimHeaders(identity.claims, jwt.forwardClaims));
         const sub = userKey(identity.claims);
-        if (sub === null && needsUser(config, route)) throw notAUser();
+        if ((sub === null || sub === undefined) && needsUser(config, route)) throw notAUser();
         user = sub ?? undefined;
       } catch (err) {
         if (err instanceof GuardError && jwt.onReject === 'close' && err.closeCode !== undefined) {
