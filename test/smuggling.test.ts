@@ -25,10 +25,11 @@ afterAll(async () => {
   await upstream?.stop();
 });
 
-/** Writes raw bytes to the guard and reads until it closes the connection (or 5 s pass). */
-function exchange(bytes: string): Promise<string> {
+/** Writes raw bytes to the guard (`later` after 150 ms) and reads until it closes the connection (or 5 s pass). */
+function exchange(bytes: string, later?: string): Promise<string> {
   return new Promise((resolve) => {
     const socket = net.connect(guard.port, '127.0.0.1');
+    if (later !== undefined) setTimeout(() => socket.write(later, 'latin1'), 150);
     let text = '';
     const done = () => {
       clearTimeout(timer);
@@ -125,6 +126,27 @@ describe('plain HTTP framing: the upstream sees exactly the requests the client 
     const text = await exchange(`GET /headers?tag=${t} HTTP/1.1\r\nHost: evil.example\r\nHost: app\r\n\r\n`);
     expect(statusLines(text)).toEqual([400]);
     expect(await upstream.seen(t)).toEqual([]);
+  });
+
+  describe('nothing is written into an answer still going out on the same connection', () => {
+    const streaming = 'GET /stream?chunks=20000 HTTP/1.1\r\nHost: app\r\n\r\n';
+
+    it('a malformed request pipelined behind it: the connection ends, no 400 inside the body', async () => {
+      const text = await exchange(streaming, 'GET / HTTP/1.1\r\nHost: app\r\nBad Header: y\r\n\r\n');
+      expect(statusLines(text)).toEqual([200]);
+    });
+
+    it('an upgrade pipelined behind it: refused and logged, no 101 inside the body', async () => {
+      const t = tag();
+      const logged = guard.logs.length;
+      const upgrade = `GET /ws/echo?tag=${t} HTTP/1.1\r\nHost: app\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+        'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n';
+      const text = await exchange(streaming + upgrade);
+      // The connection is dropped: whatever of the 200 was already out, and nothing else.
+      expect(statusLines(text).filter((status) => status !== 200)).toEqual([]);
+      expect(await upstream.seen(t)).toEqual([]);
+      expect(guard.logs.slice(logged)).toContainEqual(expect.objectContaining({ msg: 'upgrade refused', code: 'BAD_REQUEST' }));
+    });
   });
 
   it('a body is forwarded intact with the framing the guard states', async () => {

@@ -123,6 +123,9 @@ describe('config: values that would switch a protection off', () => {
       `auth.jwt.jwksCacheMaxAge: expected a duration of at most 2501999792h, got "${huge}h"`,
     ]);
     // Only timers are held to 596h: the JWKS cache age is compared with the clock.
+    expect(problemsOf({ ...base, ...jwt({ clockTolerance: '100000h' }) })).toEqual([
+      'auth.jwt.clockTolerance: expected a duration of at most 5m, got "100000h"',
+    ]);
     const ok = parseConfig({ ...base, ...jwt({ clockTolerance: '0s', jwksCacheMaxAge: '1000h' }) }, {}).auth!.jwt;
     expect(ok).toMatchObject({ clockTolerance: 0, jwksCacheMaxAge: 1000 * 3_600_000 });
   });

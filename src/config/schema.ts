@@ -36,6 +36,8 @@ function splitSign(text: string): [negative: boolean, rest: string] {
 
 /** Node's timers wait at most 2^31-1 ms (about 24.8 days): a longer delay fires after 1 ms (TimeoutOverflowWarning). */
 const TIMER_MAX_MS = 2 ** 31 - 1;
+/** The largest clock skew tokens are granted. */
+const CLOCK_TOLERANCE_MAX_MS = 5 * 60_000;
 
 interface Measure {
   parse: (text: string) => number | undefined;
@@ -216,7 +218,8 @@ const jwtShape = {
   audience: z.union([z.string(), z.array(z.string()).min(1)]).optional(),
   requiredClaims: z.array(z.string().min(1)).optional(),
   /** 0 is meaningful here: no tolerance at all. */
-  clockTolerance: measured(DURATION, { min: 0 }).optional(),
+  // RFC 7519 §4.1.4 allows "a few minutes" of skew; hours would quietly switch expiry off.
+  clockTolerance: measured(DURATION, { min: 0, max: CLOCK_TOLERANCE_MAX_MS }).optional(),
   tokenSources: z.array(z.enum(TOKEN_SOURCES, { error: `expected one of ${TOKEN_SOURCES.join(', ')}` })).min(1).optional(),
   queryParam: z.string().min(1).optional(),
   cookie: z.string().min(1).optional(),

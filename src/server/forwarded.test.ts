@@ -54,6 +54,17 @@ describe('upstream headers', () => {
   });
 });
 
+describe('claims about the client or its target', () => {
+  it('are removed from an untrusted peer and kept from a trusted proxy', () => {
+    const raw = ['Host', 'a', 'X-Real-IP', '6.6.6.6', 'X-Original-URL', '/admin', 'X-Rewrite-URL', '/admin', 'X-Forwarded-Prefix', '/x'];
+    const untrusted = upstreamHeaders(raw, { peer: '192.0.2.1', trusted: false, proto: 'http', host: 'a' });
+    expect(untrusted.filter((_, i) => i % 2 === 0)).toEqual(['Host', 'X-Forwarded-For', 'X-Forwarded-Proto', 'X-Forwarded-Host']);
+    const fromProxy = upstreamHeaders(raw, { peer: '10.0.0.1', trusted: true, proto: 'http', host: 'a' });
+    expect(fromProxy).toContain('X-Real-IP');
+    expect(fromProxy).toContain('X-Original-URL');
+  });
+});
+
 describe('headers in disguise', () => {
   it('removes underscore spellings of identity and forwarding headers, which WSGI servers read as the real ones', () => {
     const raw = ['Host', 'a', 'X_Auth_Sub', 'admin', 'x_forwarded_for', '6.6.6.6', 'X_Forwarded_Host', 'evil', 'X_Other', 'kept'];

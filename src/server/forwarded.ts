@@ -13,8 +13,16 @@ const HOP_BY_HOP = new Set([
  */
 const PROTECTED = new Set(['host', 'sec-websocket-key', 'sec-websocket-version', 'content-length']);
 
-/** Headers that say who the client is; believed only from a trusted proxy, rebuilt otherwise. */
-const FORWARDING = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded']);
+/**
+ * Headers that say who the client is or what it asked for; believed only from a trusted proxy, removed
+ * otherwise (the first three are then rebuilt). Frameworks honour the others (X-Real-IP for the address,
+ * X-Original-URL and X-Rewrite-URL for the route, X-Forwarded-Prefix/-Port for URLs): from a client they
+ * would make the app see another client or target than the guard checked.
+ */
+const FORWARDING = new Set([
+  'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded',
+  'x-real-ip', 'x-client-ip', 'true-client-ip', 'x-original-url', 'x-rewrite-url', 'x-forwarded-prefix', 'x-forwarded-port',
+]);
 
 /** `::ffff:127.0.0.1` and `127.0.0.1` are the same client. */
 export function normalizeAddress(address: string | undefined): string {

@@ -9,6 +9,7 @@ import { MemoryStore } from '../limits/memory-store.js';
 import type { LimitStore } from '../limits/store.js';
 import type { Session, SessionEnd } from '../proxy/session.js';
 import { TrustedProxies, normalizeAddress, type ForwardContext } from './forwarded.js';
+import { answering } from './answering.js';
 import { createHttpPassThrough } from './http-proxy.js';
 import { listen } from './listen.js';
 import { createRouter, identityHeaderNames } from './routes.js';
@@ -164,7 +165,8 @@ export async function startGuard(config: GuardConfig, options: GuardOptions = {}
   }));
 
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => contained('clientError', socket, () => {
-    if (err.code === 'ECONNRESET' || !socket.writable) {
+    // An answer already going out on this connection cannot be followed by a refusal without corrupting it.
+    if (err.code === 'ECONNRESET' || !socket.writable || answering(socket)?.headersSent) {
       socket.destroy();
       return;
     }

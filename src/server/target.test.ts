@@ -33,6 +33,7 @@ describe('request target', () => {
     expect(redactTarget('/ws?a=1', secrets)).toBe('/ws?a=1');
     expect(redactTarget('//[?access_token=SECRET', secrets)).toBe('//[?access_token=%5Bredacted%5D');
     expect(redactTarget('/a b?access_token=SECRET', secrets)).toBe('/a b?[redacted]');
+    expect(redactTarget('/ws/echo#access_token=SECRET', secrets)).toBe('/ws/echo#[redacted]');
     expect(redactTarget(undefined, secrets)).toBe('/');
     expect(redactTarget(`/${'a'.repeat(10_000)}`, secrets).length).toBe(2048);
     for (let i = 0; i < 2000; i++) {

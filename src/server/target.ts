@@ -49,15 +49,16 @@ const LOGGED_TARGET_CHARS = 2048;
 
 /**
  * The target for a log line with the values of `secretParams` replaced. A target that is not
- * origin-form is logged cut to a bounded length with its query dropped, since a token may hide in it.
+ * origin-form is logged cut to a bounded length without its query or fragment, since a token may hide in
+ * either.
  */
 export function redactTarget(url: string | undefined, secretParams: ReadonlySet<string>): string {
   if (url === undefined) return '/';
   const target = parseTarget(url);
   if (target === null) {
-    const q = url.indexOf('?');
+    const q = url.search(/[?#]/);
     const path = (q === -1 ? url : url.slice(0, q)).slice(0, LOGGED_TARGET_CHARS);
-    return q === -1 ? path : `${path}?[redacted]`;
+    return q === -1 ? path : `${path}${url[q]}[redacted]`;
   }
   if (target.query === '') return target.path.slice(0, LOGGED_TARGET_CHARS);
   const params = new URLSearchParams(target.query);

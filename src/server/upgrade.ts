@@ -20,6 +20,7 @@ import { pathRedactor } from './redact.js';
 import { writeRefusal } from './reject.js';
 import type { Route } from './routes.js';
 import { parseTarget, routingPath } from './target.js';
+import { answering } from './answering.js';
 
 export interface UpgradeDeps {
   config: GuardConfig;
@@ -352,6 +353,13 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
       socket.on('error', destroySelf);
       const ip = trusted.clientAddress(deps.forwardContext(req).peer, req.headers['x-forwarded-for']);
       const hs: Handshake = { startedAt: Date.now(), ip, req, route: undefined };
+      // Answers go out in request order (RFC 9112 §9.3.2): an upgrade pipelined behind a request whose answer
+      // is still being written can get neither a 101 nor a refusal without cutting into that answer.
+      if (answering(socket) !== undefined) {
+        report(new GuardError('BAD_REQUEST', 'upgrade pipelined behind an unfinished answer'), hs);
+        socket.destroy();
+        return;
+      }
       upgrade(req, socket, head, hs)
         .catch((err: unknown) => {
           if (socket.destroyed) return;
