@@ -6,6 +6,7 @@ import { serveLimits } from '../limits/ipc-store.js';
 import { MemoryStore } from '../limits/memory-store.js';
 import { startAdmin, type Admin } from '../ops/admin.js';
 import type { Logger } from '../ops/logger.js';
+import { startedThroughNpm, watchParent } from './parent.js';
 import { ListenError } from '../server/listen.js';
 
 /**
@@ -194,12 +195,13 @@ export async function runPrimary(config: GuardConfig, logger: Logger): Promise<v
   for (let i = 0; i < count; i++) fork();
   logger.info({ workers: count }, 'ws-guard primary started');
 
-  const onSignal = (signal: NodeJS.Signals) => {
+  const onSignal = (signal: NodeJS.Signals | 'parent exited') => {
     logger.info({ signal }, 'stopping: every worker drains');
     stop(0);
   };
   process.once('SIGTERM', onSignal);
   process.once('SIGINT', onSignal);
+  if (startedThroughNpm()) watchParent(() => onSignal('parent exited'));
   process.on('SIGHUP', () => {
     for (const worker of live) worker.process.kill('SIGHUP');
   });

@@ -15,6 +15,7 @@ import { startAdmin, type Admin } from '../ops/admin.js';
 import { createMetrics, metricsSource } from '../ops/metrics.js';
 import { IpcStore } from '../limits/ipc-store.js';
 import { answerMetrics, exitOnStartupFailure, runPrimary, workerCount } from './cluster.js';
+import { startedThroughNpm, watchParent } from './parent.js';
 import { parseDuration } from '../config/units.js';
 import { startEchoUpstream } from './echo-upstream.js';
 import { mintToken, printable } from './token.js';
@@ -65,7 +66,7 @@ async function run(config: GuardConfig, options: RunOptions = {}): Promise<void>
   events.emit('listening', { address: formatAddress(guard.host, guard.port), upstream: config.upstream.origin });
 
   const running = guard;
-  const stop = async (signal: NodeJS.Signals) => {
+  const stop = async (signal: NodeJS.Signals | 'parent exited') => {
     logger.info({ signal }, 'stopping');
     let code = 0;
     try {
@@ -81,6 +82,8 @@ async function run(config: GuardConfig, options: RunOptions = {}): Promise<void>
   };
   process.once('SIGTERM', (signal) => void stop(signal));
   process.once('SIGINT', (signal) => void stop(signal));
+  // A worker's parent is the primary, which ends its workers itself.
+  if (cluster.isPrimary && startedThroughNpm()) watchParent(() => void stop('parent exited'));
 
   const { reload } = options;
   if (reload === undefined) return;
