@@ -2,7 +2,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, loadConfigFile, parseConfig } from './load.js';
+import { ConfigError, loadConfigFile, nearest, parseConfig } from './load.js';
 
 function problemsOf(raw: unknown, env: NodeJS.ProcessEnv = {}): readonly string[] {
   try {
@@ -43,9 +43,9 @@ describe('config', () => {
       expect.stringMatching(/^listen: expected host:port/),
       expect.stringMatching(/^upstream: expected an http:\/\/ URL/),
       expect.stringMatching(/^trustedProxies\[0\]: expected an IP address or CIDR/),
-      'compression: expected passthrough or off',
+      'compression: expected passthrough or off, got "gzip"',
       expect.stringMatching(/^timeouts\.handshake: expected a duration/),
-      'timeouts.clsoe: unknown key',
+      'timeouts.clsoe: unknown key, did you mean close?',
       'extra: unknown key',
     ]));
     expect(problems).toHaveLength(7);
@@ -70,7 +70,7 @@ describe('config', () => {
     const bad = join(dir, 'bad.yaml');
     writeFileSync(bad, 'listen: [\n');
     expect(() => loadConfigFile(bad, {})).toThrow(ConfigError);
-    expect(() => loadConfigFile(join(dir, 'missing.yaml'), {})).toThrow(/ENOENT/);
+    expect(() => loadConfigFile(join(dir, 'missing.yaml'), {})).toThrow(`cannot read config file ${join(dir, 'missing.yaml')}: no such file`);
   });
 
   it('the example config is valid', () => {
@@ -208,10 +208,139 @@ describe('config: values that would switch a protection off', () => {
       ...base,
       limits: { connections: { total: Infinity, perIp: 0 }, maxFragments: 2 ** 53, handshakes: { rate: '1/s', burst: NaN } },
     })).toEqual([
-      'limits.connections.total: expected a positive whole number',
-      'limits.connections.perIp: expected a positive whole number',
-      'limits.handshakes.burst: expected a positive whole number',
-      'limits.maxFragments: expected a positive whole number',
+      'limits.connections.total: expected a positive whole number, got Infinity',
+      'limits.connections.perIp: expected a positive whole number, got 0',
+      'limits.handshakes.burst: expected a positive whole number, got NaN',
+      'limits.maxFragments: expected a positive whole number, got 9007199254740992',
     ]);
+  });
+});
+
+describe('config: messages', () => {
+  const base = { listen: '127.0.0.1:1', upstream: 'http://127.0.0.1:2' };
+  const secretAuth = { auth: { jwt: { secret: '${JWT_SECRET}', algorithms: ['HS256'] } } };
+
+  function fileProblems(text: string): readonly string[] {
+    const file = join(mkdtempSync(join(tmpdir(), 'ws-guard-config-')), 'guard.yaml');
+    writeFileSync(file, text);
+    try {
+      loadConfigFile(file, {});
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      // A file that does not parse is one line, and that line is the whole message.
+      if (err.problems.length === 1 && !err.message.startsWith('invalid config')) expect(err.message).toBe(err.problems[0]);
+      return err.problems.map((p) => p.replace(file, 'guard.yaml'));
+    }
+    throw new Error('expected a ConfigError');
+  }
+
+  it('an unset variable is one line, whatever the schema would say about the empty stand-in', () => {
+    expect(problemsOf({ ...base, ...secretAuth })).toEqual(['auth.jwt.secret: environment variable JWT_SECRET is not set']);
+    expect(problemsOf({ listen: '127.0.0.1:${PORT}', upstream: '${UP}' })).toEqual([
+      'listen: environment variable PORT is not set',
+      'upstream: environment variable UP is not set',
+    ]);
+  });
+
+  it('an empty variable is reported as empty, and is an error unless ${VAR:-} allows it', () => {
+    expect(problemsOf({ ...base, ...secretAuth }, { JWT_SECRET: '' })).toEqual(['auth.jwt.secret: environment variable JWT_SECRET is empty']);
+    // An empty issuer would not be checked at all: empty is never taken silently.
+    expect(problemsOf({ ...base, auth: { jwt: { secret: 'x'.repeat(32), algorithms: ['HS256'], issuer: '${ISS}' } } }, { ISS: '' })).toEqual([
+      'auth.jwt.issuer: environment variable ISS is empty',
+    ]);
+    // With `:-` the empty value is taken, and the key's own rule decides: a secret cannot be empty.
+    expect(problemsOf({ ...base, auth: { jwt: { secret: '${JWT_SECRET:-}', algorithms: ['HS256'] } } }, { JWT_SECRET: '' })).toEqual([
+      'auth.jwt.secret: expected a non-empty string, got ""',
+    ]);
+  });
+
+  it('a bare number where a unit is expected says so, and names the number', () => {
+    expect(problemsOf({ ...base, limits: { messageSize: 65536, idleTimeout: 30, messages: { rate: 10 } }, timeouts: { close: 5 } })).toEqual([
+      'timeouts.close: expected a duration like 500ms, 5s, 2m or 24h, got 5 (a number: add a unit, e.g. 5s or 5ms)',
+      'limits.messages.rate: expected a rate like 10/minute, 20/s or 100 per hour, got 10 (a number: add a period, e.g. 10/s)',
+      'limits.messageSize: expected a size like 64KiB or 1MiB, got 65536 (a number: add a unit, e.g. 65536B)',
+      'limits.idleTimeout: expected a duration like 500ms, 5s, 2m or 24h, or off, got 30 (a number: add a unit, e.g. 30s or 30ms)',
+    ]);
+  });
+
+  it('every "expected" names what it got, in the config\'s words rather than zod\'s', () => {
+    expect(problemsOf({
+      ...base,
+      admin: null,
+      trustedProxies: '10.0.0.1',
+      allowNoOrigin: 'yes',
+      origins: [5],
+      auth: { jwt: { secret: 'x'.repeat(32), algorithms: [], issuer: 5, tokenSources: ['body'] } },
+      routes: [{ path: 5, auth: true }],
+      limits: { messages: { rate: '10/fortnight', burst: '3' }, maxLifetime: true },
+    })).toEqual([
+      'admin: expected host:port, got an empty value',
+      'trustedProxies: expected a list, got "10.0.0.1"',
+      'auth.jwt.algorithms: expected at least one entry, got an empty list',
+      'auth.jwt.issuer: expected a string or a list of strings, got 5',
+      'auth.jwt.tokenSources[0]: expected one of header, protocol, query, cookie, got "body"',
+      'origins[0]: expected an origin like https://app.example.com or https://*.example.org, got 5',
+      'allowNoOrigin: expected true or false, got "yes"',
+      'routes[0].path: expected a string, got 5',
+      'routes[0].auth: expected false or { jwt: {...} }, got true',
+      'limits.messages.rate: expected a rate like 10/minute, 20/s or 100 per hour, got "10/fortnight"',
+      'limits.messages.burst: expected a positive whole number, got "3"',
+      'limits.maxLifetime: expected a duration like 500ms, 5s, 2m or 24h, or off, got true',
+    ]);
+    expect(problemsOf('hello')).toEqual(['(root): expected a mapping, got "hello"']);
+  });
+
+  it('accepts the common spellings of a rate, within the existing bounds', () => {
+    const rateOf = (rate: string) => parseConfig({ ...base, limits: { messages: { rate } } }, {}).limits.messages!.rate;
+    expect(rateOf('10/min')).toEqual({ count: 10, periodMs: 60_000 });
+    expect(rateOf('10 per minute')).toEqual({ count: 10, periodMs: 60_000 });
+    expect(rateOf('10/sec')).toEqual({ count: 10, periodMs: 1000 });
+    expect(rateOf('10/hour')).toEqual({ count: 10, periodMs: 3_600_000 });
+    expect(rateOf('10/day')).toEqual({ count: 10, periodMs: 86_400_000 });
+    expect(rateOf('1/day')).toEqual({ count: 1, periodMs: 86_400_000 });
+    expect(problemsOf({ ...base, limits: { messages: { rate: '0.01/day' }, handshakes: { rate: '0 per minute' } } })).toEqual([
+      'limits.handshakes.rate: expected a rate of at least 1 per 596h, got "0 per minute"',
+      'limits.messages.rate: expected a rate of at least 1 per 596h, got "0.01/day"',
+    ]);
+  });
+
+  it('suggests the nearest allowed key at that level for an unknown one, only when it is close', () => {
+    expect(problemsOf({
+      ...base,
+      timeouts: { clsoe: '5s' },
+      limits: { messages: { rate: '1/s', bursst: 3 }, conections: {} },
+      routes: [{ path: '/a', lmits: {}, auth: { jwt: { secrte: 'x' } } }],
+      upstreams: 'x',
+      colour: 'blue',
+    })).toEqual(expect.arrayContaining([
+      'timeouts.clsoe: unknown key, did you mean close?',
+      'limits.messages.bursst: unknown key, did you mean burst?',
+      'limits.conections: unknown key, did you mean connections?',
+      'routes[0].lmits: unknown key, did you mean limits?',
+      'routes[0].auth.jwt.secrte: unknown key, did you mean secret?',
+      'upstreams: unknown key, did you mean upstream?',
+      'colour: unknown key',
+    ]));
+    expect(nearest('bursst', ['rate', 'burst'])).toBe('burst');
+    expect(nearest('PerIP', ['total', 'perIp', 'perUser'])).toBe('perIp');
+    // Two edits in a short word are a different word, not a slip.
+    expect(nearest('ip', ['per'])).toBeUndefined();
+    expect(nearest('path', ['auth'])).toBeUndefined();
+    expect(nearest('extra', ['listen', 'upstream', 'admin', 'workers'])).toBeUndefined();
+  });
+
+  it('a file that cannot be read or parsed is one line: the path, the line and column, the reason', () => {
+    expect(fileProblems('listen: [\n')).toEqual([
+      'guard.yaml:2:1: invalid YAML: Flow sequence in block collection must be sufficiently indented and end with a ]',
+    ]);
+    expect(fileProblems('listen: 127.0.0.1:1\nupstream: http://127.0.0.1:2\ntimeouts:\n  close: 5s\n    drain: 1s\n')).toEqual([
+      'guard.yaml:4:10: invalid YAML: Nested mappings are not allowed in compact mappings',
+    ]);
+    expect(fileProblems('listen: 1\nlisten: 2\n')).toEqual(['guard.yaml:2:1: invalid YAML: Map keys must be unique']);
+    expect(fileProblems('listen: *nowhere\n')).toEqual([
+      'guard.yaml: invalid YAML: Unresolved alias (the anchor must be set before the alias): nowhere',
+    ]);
+    const dir = mkdtempSync(join(tmpdir(), 'ws-guard-config-'));
+    expect(() => loadConfigFile(dir, {})).toThrow(`cannot read config file ${dir}: it is a directory`);
   });
 });

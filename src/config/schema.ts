@@ -44,10 +44,26 @@ interface Measure {
   format: (value: number) => string;
   noun: string;
   examples: string;
+  /** The number written with a unit, for the message about a bare number. */
+  withUnit: (n: number) => string;
 }
 
-const DURATION: Measure = { parse: parseDuration, format: formatDuration, noun: 'a duration', examples: '500ms, 5s, 2m or 24h' };
-const SIZE: Measure = { parse: parseSize, format: formatSize, noun: 'a size', examples: '64KiB or 1MiB' };
+const DURATION: Measure = {
+  parse: parseDuration, format: formatDuration, noun: 'a duration', examples: '500ms, 5s, 2m or 24h', withUnit: (n) => `${n}s or ${n}ms`,
+};
+const SIZE: Measure = { parse: parseSize, format: formatSize, noun: 'a size', examples: '64KiB or 1MiB', withUnit: (n) => `${n}B` };
+
+/**
+ * The message for a value that is not a string: a bare number (YAML reads `65536` as one) is told to add
+ * its unit; anything else gets its "got" from the config loader, which words every value alike.
+ */
+function notText(expected: string, withUnit: (n: number) => string, unitName = 'unit') {
+  return (issue: { input?: unknown }) => {
+    if (issue.input === undefined) return undefined;
+    const n = issue.input;
+    return typeof n === 'number' && Number.isFinite(n) ? `${expected}, got ${n} (a number: add a ${unitName}, e.g. ${withUnit(n)})` : expected;
+  };
+}
 
 interface Bounds {
   /** 1 wherever 0 would switch a protection off (a 0s deadline, a 0B cap). */
@@ -73,13 +89,15 @@ function measure(text: string, ctx: z.RefinementCtx, m: Measure, { min = 1, max 
 }
 
 function measured(m: Measure, bounds: Bounds = {}) {
-  return z.string({ error: `expected ${m.noun} like ${m.examples}` }).transform((text, ctx) => measure(text, ctx, m, bounds));
+  return z
+    .string({ error: notText(`expected ${m.noun} like ${m.examples}`, m.withUnit) })
+    .transform((text, ctx) => measure(text, ctx, m, bounds));
 }
 
 /** `off` stays a value of its own until routes are merged, so a route's `off` overrides a top-level limit. */
 function measuredOrOff(m: Measure, bounds: Bounds = {}) {
   return z
-    .string({ error: `expected ${m.noun} like ${m.examples}, or off` })
+    .string({ error: notText(`expected ${m.noun} like ${m.examples}, or off`, m.withUnit) })
     .transform((text, ctx) => (text.trim() === 'off' ? ('off' as const) : measure(text, ctx, m, { ...bounds, off: true })));
 }
 
@@ -214,8 +232,8 @@ const jwtShape = {
   jwksCooldown: duration.optional(),
   jwksCacheMaxAge: duration.optional(),
   algorithms: z.array(z.enum([...HMAC, ...ASYMMETRIC], { error: `expected one of ${[...HMAC, ...ASYMMETRIC].join(', ')}` })).min(1).optional(),
-  issuer: z.union([z.string(), z.array(z.string()).min(1)]).optional(),
-  audience: z.union([z.string(), z.array(z.string()).min(1)]).optional(),
+  issuer: z.union([z.string(), z.array(z.string()).min(1)], { error: 'expected a string or a list of strings' }).optional(),
+  audience: z.union([z.string(), z.array(z.string()).min(1)], { error: 'expected a string or a list of strings' }).optional(),
   requiredClaims: z.array(z.string().min(1)).optional(),
   /** 0 is meaningful here: no tolerance at all. */
   // RFC 7519 §4.1.4 allows "a few minutes" of skew; hours would quietly switch expiry off.
@@ -284,10 +302,11 @@ const auth = z.strictObject({ jwt: jwtSchema });
 const origins = z.array(unit(parseOriginPattern, 'an origin like https://app.example.com or https://*.example.org'));
 
 const positive = z.number({ error: 'expected a positive whole number' }).int().positive();
-const rate = z.string({ error: 'expected a rate like 10/minute or 20/s' }).transform((text, ctx) => {
+const RATE_EXPECTED = 'expected a rate like 10/minute, 20/s or 100 per hour';
+const rate = z.string({ error: notText(RATE_EXPECTED, (n) => `${n}/s`, 'period') }).transform((text, ctx) => {
   const [negative, rest] = splitSign(text);
   const parsed = parseRate(rest);
-  if (parsed === undefined) return fail(ctx, `expected a rate like 10/minute or 20/s, got "${text}"`);
+  if (parsed === undefined) return fail(ctx, `${RATE_EXPECTED}, got "${text}"`);
   // A throttled message waits up to periodMs / count for its token, on a timer.
   if (negative || parsed.periodMs / parsed.count > TIMER_MAX_MS) {
     return fail(ctx, `expected a rate of at least 1 per ${formatDuration(TIMER_MAX_MS)}, got "${text}"`);

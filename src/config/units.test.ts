@@ -43,6 +43,22 @@ describe('units', () => {
   it('parses rates', () => {
     expect(parseRate('10/minute')).toEqual({ count: 10, periodMs: 60_000 });
     expect(parseRate('20/s')).toEqual({ count: 20, periodMs: 1000 });
-    for (const bad of ['10', '10/day', '/s', '-1/s']) expect(parseRate(bad)).toBeUndefined();
+    for (const bad of ['10', '/s', '-1/s', '10/week', '10/mon', '10 per', '10per minute', '10 / per minute', '10/constructor']) {
+      expect(parseRate(bad), bad).toBeUndefined();
+    }
+  });
+
+  it('parses the common spellings of a rate, units in any case', () => {
+    const spellings: Record<number, string[]> = {
+      1000: ['10/s', '10/sec', '10/second', '10 per second', '10 per seconds', '10/SEC', '10 / s', '10 PER Second'],
+      60_000: ['10/m', '10/min', '10/minute', '10 per minute', '10 per minutes', '10/Min', '10/mins'],
+      3_600_000: ['10/h', '10/hr', '10/hour', '10 per hour', '10 per hours', '10/HOUR'],
+      86_400_000: ['10/d', '10/day', '10 per day', '10 per days', '10/Day'],
+      1: ['10/ms'],
+    };
+    for (const [periodMs, texts] of Object.entries(spellings)) {
+      for (const text of texts) expect(parseRate(text), text).toEqual({ count: 10, periodMs: Number(periodMs) });
+    }
+    expect(parseRate('2.5 per minute')).toEqual({ count: 2.5, periodMs: 60_000 });
   });
 });

@@ -40,9 +40,18 @@ export function formatSize(bytes: number): string {
   return `${Math.floor(bytes / SIZE_BYTES[unit]!)}${unit}`;
 }
 
-const RATE = /^(\d+(?:\.\d+)?)\s*\/\s*(ms|s|second|m|minute|h|hour)$/;
+/** `10/min`, `10 / minute`, `10 per minute`, `10 per minutes`: units in any case. */
+const RATE = /^(\d+(?:\.\d+)?)(?:\s*\/\s*|\s+per\s+)([a-z]+)$/i;
+const SECOND = 1000;
+const MINUTE = 60 * SECOND;
+const HOUR = 60 * MINUTE;
+const DAY = 24 * HOUR;
 const RATE_PERIOD_MS: Record<string, number> = {
-  ms: 1, s: 1000, second: 1000, m: 60_000, minute: 60_000, h: 3_600_000, hour: 3_600_000,
+  ms: 1,
+  s: SECOND, sec: SECOND, secs: SECOND, second: SECOND, seconds: SECOND,
+  m: MINUTE, min: MINUTE, mins: MINUTE, minute: MINUTE, minutes: MINUTE,
+  h: HOUR, hr: HOUR, hrs: HOUR, hour: HOUR, hours: HOUR,
+  d: DAY, day: DAY, days: DAY,
 };
 
 export interface Rate {
@@ -51,9 +60,10 @@ export interface Rate {
   periodMs: number;
 }
 
-/** `10/minute`, `20/s` → { count, periodMs }; undefined when the text is not a rate. */
+/** `10/minute`, `20/s`, `100 per hour`, `1000/day` → { count, periodMs }; undefined when the text is not a rate. */
 export function parseRate(text: string): Rate | undefined {
   const m = RATE.exec(text.trim());
-  if (!m) return undefined;
-  return { count: Number(m[1]), periodMs: RATE_PERIOD_MS[m[2]!]! };
+  const periodMs = m && Object.hasOwn(RATE_PERIOD_MS, m[2]!.toLowerCase()) ? RATE_PERIOD_MS[m[2]!.toLowerCase()] : undefined;
+  if (!m || periodMs === undefined) return undefined;
+  return { count: Number(m[1]), periodMs };
 }
