@@ -25,7 +25,13 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const JWT_SECRET = 'cli-test-secret-long-enough-for-hs256-0123456789';
 
 function cli(...args: string[]) {
-  return spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 20_000, env: { ...process.env, JWT_SECRET } });
+  return cliWith({ JWT_SECRET }, ...args);
+}
+
+function cliWith(env: NodeJS.ProcessEnv, ...args: string[]) {
+  const base = { ...process.env };
+  delete base.JWT_SECRET;
+  return spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 20_000, env: { ...base, ...env } });
 }
 
 function file(name: string, text: string): string {
@@ -69,6 +75,73 @@ describe('ws-guard CLI', () => {
     expect(result.stderr).toMatch(/limitz: unknown key/);
   });
 
+  it('check: an unset or empty variable is one line naming it', () => {
+    const example = join(root, 'config/guard.example.yaml');
+    const unset = cliWith({}, 'check', example);
+    expect(unset.status).toBe(1);
+    expect(unset.stderr).toBe('ws-guard: invalid config:\n  auth.jwt.secret: environment variable JWT_SECRET is not set\n');
+    const empty = cliWith({ JWT_SECRET: '' }, 'check', example);
+    expect(empty.status).toBe(1);
+    expect(empty.stderr).toBe('ws-guard: invalid config:\n  auth.jwt.secret: environment variable JWT_SECRET is empty\n');
+  });
+
+  it('check: a missing file and a YAML syntax error are one line each', () => {
+    const missing = join(dir, 'missing.yaml');
+    const result = cli('check', missing);
+    expect(result.status).toBe(1);
+    expect(result.stderr).toBe(`ws-guard: cannot read config file ${missing}: no such file\n`);
+    const broken = file('broken.yaml', 'listen: 127.0.0.1:1\nupstream: http://127.0.0.1:2\ntimeouts:\n  close: 5s\n    drain: 1s\nfoo: : bar\n');
+    const syntax = cli('check', broken);
+    expect(syntax.status).toBe(1);
+    expect(syntax.stderr).toBe(`ws-guard: ${broken}:4:10: invalid YAML: Nested mappings are not allowed in compact mappings\n`);
+    // The same for the guard itself, before anything listens.
+    expect(cli('--config', missing).stderr).toBe(`ws-guard: cannot read config file ${missing}: no such file\n`);
+  });
+
+  it('check: names the nearest key for a misspelt one, and the number a unit is missing from', () => {
+    const typo = file('typo.yaml', 'listen: 127.0.0.1:1\nupstream: http://127.0.0.1:2\ntimeouts: { clsoe: 5s }\nlimits: { messages: { rate: 10/min, bursst: 5 }, messageSize: 65536 }\n');
+    const result = cli('check', typo);
+    expect(result.status).toBe(1);
+    expect(result.stderr).toBe([
+      'ws-guard: invalid config:',
+      '  timeouts.clsoe: unknown key, did you mean close?',
+      '  limits.messages.bursst: unknown key, did you mean burst?',
+      '  limits.messageSize: expected a size like 64KiB or 1MiB, got 65536 (a number: add a unit, e.g. 65536B)',
+      '',
+    ].join('\n'));
+  });
+
+  it('check and token take the config file as the argument or with -c/--config, and refuse two different ones', async () => {
+    const example = join(root, 'config/guard.example.yaml');
+    const other = file('other.yaml', 'listen: 127.0.0.1:1\nupstream: http://127.0.0.1:2\n');
+    for (const args of [['check', example], ['check', '-c', example], ['check', '--config', example], ['--config', example, 'check'], ['check', example, '-c', example]]) {
+      const result = cli(...args);
+      expect(result.status, args.join(' ')).toBe(0);
+      expect(result.stdout, args.join(' ')).toMatch(/valid/);
+    }
+    const twice = cli('check', example, '--config', other);
+    expect(twice.status).toBe(1);
+    expect(twice.stderr).toBe(`ws-guard: check: two config files given (${example} and ${other}); give one: ws-guard check <file>, or ws-guard check --config <file>\n`);
+    const none = cli('check');
+    expect(none.status).toBe(1);
+    expect(none.stderr).toBe('ws-guard: check needs a config file: ws-guard check <file>, or ws-guard check --config <file>\n');
+    for (const args of [['token', example], ['token', '-c', example], ['token', '--sub', 'bob', example]]) {
+      const result = cli(...args);
+      expect(result.status, args.join(' ')).toBe(0);
+      await jwtVerify(result.stdout.trim(), new TextEncoder().encode(JWT_SECRET), { algorithms: ['HS256'] });
+    }
+    expect(cli('token', example, '-c', other).status).toBe(1);
+    expect(cli('token').stderr).toMatch(/^ws-guard: token needs a config file/);
+    expect(cli('check', '--help').stdout).toMatch(/check \[options\] \[file\][\s\S]*-c, --config <file>/);
+    expect(cli('token', '--help').stdout).toMatch(/token \[options\] \[file\][\s\S]*-c, --config <file>/);
+  });
+
+  it('check: shows auth: false on a route that turns auth off', () => {
+    const result = cli('check', join(root, 'config/guard.example.yaml'));
+    expect(result.status).toBe(0);
+    expect(result.stdout).toMatch(/- path: \/public\n\s+auth: false\n/);
+  });
+
   it('--config with an invalid file exits 1 before listening', async () => {
     const port = await freePort();
     const bad = file('bad-run.yaml', `listen: 127.0.0.1:${port}\nupstream: nowhere\n`);
@@ -102,7 +175,10 @@ describe('ws-guard CLI', () => {
       expect(await exited).toBe(0);
       await until(async () => (await upstream.seen('')).some((e) => e.type === 'ws_disconnect'));
       expect((await upstream.seen('')).find((e) => e.type === 'ws_disconnect')).toMatchObject({ code: 1001 });
-      expect(out.split('\n').filter(Boolean).every((line) => JSON.parse(line).service === 'ws-guard')).toBe(true);
+      const lines = out.split('\n').filter(Boolean).map((line) => JSON.parse(line) as Record<string, unknown>);
+      expect(lines.every((line) => line.service === 'ws-guard')).toBe(true);
+      // Logs name the top-level settings as metrics do: route "/".
+      expect(lines.find((line) => line.msg === 'connection closed')).toMatchObject({ route: '/', path: '/ws/echo' });
     } finally {
       if (child.exitCode === null) child.kill('SIGKILL');
       await upstream.stop();

@@ -1,6 +1,7 @@
 import cluster from 'node:cluster';
 import { randomBytes } from 'node:crypto';
 import { readFileSync, watchFile } from 'node:fs';
+import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
 import { stringify } from 'yaml';
@@ -33,6 +34,27 @@ function configOrExit(build: () => GuardConfig): GuardConfig {
     process.stderr.write(`ws-guard: ${err.message}\n`);
     process.exit(1);
   }
+}
+
+/**
+ * The config file of `check` and `token`: the argument, or -c/--config (after the command or before it).
+ * Two that name different files are refused rather than one of them picked.
+ */
+function configFileOf(command: Command, positional: string | undefined): string {
+  const given = [positional, (command.opts() as { config?: string }).config, (program.opts() as { config?: string }).config];
+  const files = given.filter((f): f is string => f !== undefined);
+  const [file] = files;
+  const usage = `ws-guard ${command.name()} <file>, or ws-guard ${command.name()} --config <file>`;
+  if (file === undefined) {
+    process.stderr.write(`ws-guard: ${command.name()} needs a config file: ${usage}\n`);
+    process.exit(1);
+  }
+  const other = files.find((f) => resolve(f) !== resolve(file));
+  if (other !== undefined) {
+    process.stderr.write(`ws-guard: ${command.name()}: two config files given (${file} and ${other}); give one: ${usage}\n`);
+    process.exit(1);
+  }
+  return file;
 }
 
 interface RunOptions {
@@ -123,8 +145,10 @@ const program = new Command('ws-guard')
 program
   .command('check')
   .description('validate a config file; prints the effective config and exits 0, or lists every problem and exits 1')
-  .argument('<file>', 'YAML config file')
-  .action((file: string) => {
+  .argument('[file]', 'YAML config file (or --config <file>)')
+  .option('-c, --config <file>', 'YAML config file (or give it as the argument)')
+  .action((positional: string | undefined, _options: unknown, command: Command) => {
+    const file = configFileOf(command, positional);
     const config = configOrExit(() => loadConfigFile(file));
     process.stdout.write(`# ${file}: valid (durations in ms, sizes in bytes, secrets masked)\n${stringify(printable(config))}`);
   });
@@ -132,11 +156,12 @@ program
 program
   .command('token')
   .description('mint a development token from the configured secret (auth.jwt.secret)')
-  .requiredOption('-c, --config <file>', 'YAML config file')
+  .argument('[file]', 'YAML config file (or --config <file>)')
+  .option('-c, --config <file>', 'YAML config file (or give it as the argument)')
   .option('--sub <subject>', 'the sub claim', 'dev')
   .option('--ttl <duration>', 'lifetime, like 10m or 24h', '10m')
-  .action(async (options: { config: string; sub: string; ttl: string }) => {
-    const config = configOrExit(() => loadConfigFile(options.config));
+  .action(async (positional: string | undefined, options: { sub: string; ttl: string }, command: Command) => {
+    const config = configOrExit(() => loadConfigFile(configFileOf(command, positional)));
     const ttlMs = parseDuration(options.ttl);
     if (config.auth === undefined || ttlMs === undefined) {
       process.stderr.write(`ws-guard: ${config.auth === undefined ? 'auth.jwt is not configured' : `--ttl: expected a duration, got "${options.ttl}"`}\n`);

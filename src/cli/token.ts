@@ -16,9 +16,13 @@ export async function mintToken(jwt: JwtConfig, claims: { sub: string; ttlMs: nu
   return token.sign(new TextEncoder().encode(jwt.secret));
 }
 
-/** The config as `check` prints it: secrets masked, key files named by path only. */
+/** The config as `check` prints it: secrets masked, key files named by path only, routes without auth as `auth: false`. */
 export function printable(value: unknown, key = ''): unknown {
   if (key === 'secret' && typeof value === 'string') return '********';
+  // A route's auth is resolved: absent means no authentication there, which YAML would print as nothing at all.
+  if (key === 'routes' && Array.isArray(value)) {
+    return value.map((route: Record<string, unknown>) => printable({ ...route, auth: route.auth ?? false }));
+  }
   // Files read into the config (public key, TLS certificate and key) are shown by their path.
   if (value !== null && typeof value === 'object' && 'path' in value && ('pem' in value)) return (value as { path: string }).path;
   if (value instanceof URL) return value.href;
