@@ -7,9 +7,17 @@ export interface ConnectionMeta {
   ip: string;
   /** Request path with token query parameters redacted. */
   path: string;
-  /** The matched route's prefix, '' for the top-level settings. */
+  /** The matched route's prefix, '' for the top-level settings (logs and metrics say `/`: see routeName). */
   route: string;
   user: string | undefined;
+}
+
+/**
+ * How logs and metrics name a route: its prefix, and `/` for the top-level settings, which apply to every
+ * path no route covers (a configured `/` route covers them all, so the two never meet).
+ */
+export function routeName(route: string): string {
+  return route || '/';
 }
 
 export interface RefusedEvent {

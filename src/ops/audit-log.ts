@@ -1,4 +1,4 @@
-import type { GuardEvents } from '../events.js';
+import { routeName, type GuardEvents } from '../events.js';
 import type { Logger } from './logger.js';
 
 /**
@@ -9,14 +9,16 @@ import type { Logger } from './logger.js';
 export function attachLogger(events: GuardEvents, logger: Logger): void {
   events.on('listening', (e) => logger.info({ listen: e.address, upstream: e.upstream }, 'ws-guard listening'));
   events.on('refused', (e) => {
-    logger.info({ code: e.code, status: e.status, closeCode: e.closeCode, ip: e.ip, path: e.path, route: e.route, detail: e.detail }, 'upgrade refused');
+    // A refusal before the route is known (a malformed request) names none.
+    const route = e.route === undefined ? undefined : routeName(e.route);
+    logger.info({ code: e.code, status: e.status, closeCode: e.closeCode, ip: e.ip, path: e.path, route, detail: e.detail }, 'upgrade refused');
   });
   events.on('upstreamRefused', (e) => logger.info({ status: e.status, ip: e.ip, path: e.path }, 'upstream refused the upgrade'));
-  events.on('opened', (e) => logger.debug(e, 'connection open'));
+  events.on('opened', (e) => logger.debug({ ...e, route: routeName(e.route) }, 'connection open'));
   events.on('closed', (e) => {
     logger.info(
       {
-        session: e.id, ip: e.ip, user: e.user, route: e.route, path: e.path, durationMs: e.durationMs,
+        session: e.id, ip: e.ip, user: e.user, route: routeName(e.route), path: e.path, durationMs: e.durationMs,
         messagesIn: e.messagesIn, messagesOut: e.messagesOut, bytesIn: e.bytesIn, bytesOut: e.bytesOut,
         closeCode: e.closeCode, closedBy: e.closedBy, reason: e.reason, detail: e.detail,
       },

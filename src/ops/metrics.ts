@@ -1,6 +1,6 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { GuardConfig } from '../config/schema.js';
-import type { GuardEvents } from '../events.js';
+import { routeName, type GuardEvents } from '../events.js';
 import type { Guard } from '../server/guard.js';
 
 /**
@@ -13,13 +13,12 @@ export function createMetrics(config: GuardConfig, events: GuardEvents, guard: (
   collectDefaultMetrics({ register: registry, prefix: 'ws_guard_' });
   const activeByRoute = new Map<string, number>();
   const closedTotals = { messagesIn: 0, messagesOut: 0, bytesIn: 0, bytesOut: 0 };
-  const routeLabel = (route: string) => route || '/';
 
   new Gauge({
     name: 'ws_guard_connections_active', help: 'Open proxied WebSocket connections', labelNames: ['route'], registers: [registry],
     collect() {
       this.reset();
-      for (const [route, n] of activeByRoute) this.set({ route: routeLabel(route) }, n);
+      for (const [route, n] of activeByRoute) this.set({ route: routeName(route) }, n);
     },
   });
   const opened = new Counter({ name: 'ws_guard_connections_opened_total', help: 'Connections proxied', labelNames: ['route'], registers: [registry] });
@@ -71,7 +70,7 @@ export function createMetrics(config: GuardConfig, events: GuardEvents, guard: (
 
   events.on('opened', (e) => {
     activeByRoute.set(e.route, (activeByRoute.get(e.route) ?? 0) + 1);
-    opened.inc({ route: routeLabel(e.route) });
+    opened.inc({ route: routeName(e.route) });
     handshake.observe({ outcome: 'accepted' }, e.durationMs / 1000);
   });
   events.on('refused', (e) => {

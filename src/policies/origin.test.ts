@@ -55,6 +55,20 @@ describe('origin allowlist', () => {
     expect(verdict(request('not a url'), list)).toBe('ORIGIN_DENIED');
   });
 
+  it('names the refused origin once', () => {
+    const reason = (req: IncomingMessage) => {
+      try {
+        checkOrigin(req, { origins: list, allowNoOrigin: false });
+      } catch (err) {
+        return (err as GuardError).message;
+      }
+      return 'allowed';
+    };
+    expect(reason(request('https://evil.example'))).toBe('origin not allowed: https://evil.example');
+    expect(reason(request('https://EVIL.example:443'))).toBe('origin not allowed: https://evil.example');
+    expect(reason(request())).toBe('origin not allowed: no Origin header');
+  });
+
   it('a missing Origin is refused unless allowNoOrigin; no list allows anything', () => {
     expect(verdict(request(), list)).toBe('ORIGIN_DENIED');
     expect(verdict(request(), list, true)).toBe('allowed');

@@ -64,6 +64,6 @@ export function checkOrigin(req: IncomingMessage, config: OriginPolicyConfig): v
     throw new GuardError('ORIGIN_DENIED', 'malformed Origin');
   }
   if (!config.origins.some((pattern) => matches(pattern, origin))) {
-    throw new GuardError('ORIGIN_DENIED', `origin ${origin.origin} not allowed`);
+    throw new GuardError('ORIGIN_DENIED', origin.origin);
   }
 }

@@ -55,7 +55,7 @@ export function dialUpstream(options: DialOptions): Promise<DialResult> {
       signal: options.signal,
     });
     const disarm = armUpstreamDeadlines(req, options.connectTimeoutMs, options.responseTimeoutMs, (what) => {
-      fail(new GuardError('UPSTREAM_TIMEOUT', what === 'connect' ? 'connect' : 'no answer to the handshake'));
+      fail(new GuardError('UPSTREAM_TIMEOUT', what === 'connect' ? 'connect' : 'handshake'));
     });
     req.on('error', (err: NodeJS.ErrnoException) => {
       fail(upstreamFailure(err));
