@@ -261,6 +261,7 @@ describe('config: messages', () => {
       'limits.messageSize: expected a size like 64KiB or 1MiB, got 65536 (a number: add a unit, e.g. 65536B)',
       'limits.idleTimeout: expected a duration like 500ms, 5s, 2m or 24h, or off, got 30 (a number: add a unit, e.g. 30s or 30ms)',
     ]);
+    expect(problemsOf({ ...base, listen: 8080 })).toEqual(['listen: expected host:port, got 8080 (a port alone: write 0.0.0.0:8080 or 127.0.0.1:8080)']);
   });
 
   it('every "expected" names what it got, in the config\'s words rather than zod\'s', () => {

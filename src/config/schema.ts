@@ -142,6 +142,11 @@ const tlsFiles = z
 /** `host:port`, or `{ host, port, tls: { cert, key } }` to serve wss:// directly. */
 const listen = z.preprocess(
   (value, ctx) => {
+    // YAML reads `listen: 8080` as a number: a port without the address to listen on.
+    if (typeof value === 'number') {
+      ctx.addIssue({ code: 'custom', message: `expected host:port, got ${value} (a port alone: write 0.0.0.0:${value} or 127.0.0.1:${value})` });
+      return {};
+    }
     if (typeof value !== 'string') return value;
     const parsed = parseHostPort(value);
     if (parsed === undefined) ctx.addIssue({ code: 'custom', message: `expected host:port, got "${value}"` });
