@@ -68,7 +68,7 @@ describe('hot reload', () => {
       writeFileSync(file, `${base}origins: [https://app.example.com]\nlimitz: {}\n`);
       guard.child.kill('SIGHUP');
       await until(() => guard.logs().some((l) => l.msg?.toString().startsWith('config reload refused')));
-      expect(guard.logs().find((l) => l.msg?.toString().startsWith('config reload refused'))).toMatchObject({ problems: ['limitz: unknown key'] });
+      expect(guard.logs().find((l) => l.msg?.toString().startsWith('config reload refused'))).toMatchObject({ problems: ['limitz: unknown key, did you mean limits?'] });
       (await open(`ws://127.0.0.1:${port}/ws/echo`, undefined, { origin: 'https://app.example.com' })).close();
       expect(await open(`ws://127.0.0.1:${port}/ws/echo`).catch((e: { status: number }) => e.status)).toBe(403);
       before.close();
