@@ -49,7 +49,7 @@ describe('the npm package', () => {
     const [packed] = JSON.parse(npm(['pack', '--json', '--pack-destination', out], checkout)) as Array<{ filename: string; files: Array<{ path: string }> }>;
     tarball = join(out, packed!.filename);
     files = packed!.files.map((f) => f.path);
-    for (const f of ['package.json', 'README.md', 'bin/ws-guard.js', 'dist/cli/main.js', 'dist/proxy/', 'config/guard.example.yaml']) {
+    for (const f of ['package.json', 'README.md', 'LICENSE', 'bin/ws-guard.js', 'dist/cli/main.js', 'dist/proxy/', 'config/guard.example.yaml']) {
       expect(files.some((p) => p === f || (f.endsWith('/') && p.startsWith(f))), f).toBe(true);
     }
     expect(files.filter((p) => /^(src|test|bench|docs|scripts|\.ci)\/|\.test\.js|\.ts$|^tsconfig|^vitest/.test(p))).toEqual([]);
