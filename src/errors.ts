@@ -35,6 +35,7 @@ export const ERRORS = {
   INVALID_COMPRESSED: { status: 400, close: 1007, message: 'compressed message does not inflate' },
   TOO_MANY_FRAGMENTS: { status: 400, close: 1009, message: 'message has too many fragments' },
   MESSAGE_RATE: { status: 429, close: 1008, message: 'message rate limit exceeded' },
+  CONTROL_FRAME_RATE: { status: 429, close: 1008, message: 'control frame rate limit exceeded' },
   IDLE_TIMEOUT: { status: 408, close: 1001, message: 'idle timeout' },
   MAX_LIFETIME: { status: 408, close: 1001, message: 'connection lifetime reached' },
   SHUTTING_DOWN: { status: 503, close: 1001, message: 'ws-guard is shutting down' },

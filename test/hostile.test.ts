@@ -788,7 +788,11 @@ describe('refused after the upgrade (raw client → guard → real upstream)', (
       text('after'),
     ]));
     expect((await conn.readHttpResponse()).status).toBe(101);
-    // The guard closes both directions at once, so the echo of "before" is not relayed back.
+    // The upstream's echo of "before" was on its way when the guard refused the bad frame: it still
+    // reaches the client, in front of the guard's close (Autobahn 3.2, 4.1.3, 5.15).
+    const echo = await conn.readFrame();
+    expect(echo).toMatchObject({ opcode: Op.TEXT, masked: false });
+    expect(echo.payload.toString()).toBe('before');
     const close = await conn.readFrame();
     expect(close).toMatchObject({ opcode: Op.CLOSE, masked: false, closeCode: 1002 });
     await conn.waitClosed();

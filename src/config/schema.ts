@@ -340,6 +340,10 @@ const limitsShape = z.strictObject({
     .optional(),
   messageSize: size.optional(),
   maxFragments: positive.optional(),
+  /** Pings and pongs from the client, per connection; on by default (docs/limits.md), `off` to disable. */
+  controlFrames: z
+    .union([z.literal('off'), z.strictObject({ rate, burst: positive.optional() })], { error: 'expected { rate, burst } or off' })
+    .optional(),
   idleTimeout: measuredOrOff(DURATION, { max: TIMER_MAX_MS }).optional(),
   maxLifetime: measuredOrOff(DURATION, { max: TIMER_MAX_MS }).optional(),
 });
@@ -354,12 +358,22 @@ function mergeLimits(top: PartialLimits | undefined, own: PartialLimits | undefi
   for (const group of ['connections', 'handshakes', 'messages'] as const) {
     if (top?.[group] && own?.[group]) (merged as Record<string, unknown>)[group] = { ...top[group], ...own[group] };
   }
+  // `off` on either side is not merged: a route's `off` wins, and a route's own object replaces a top-level `off`.
+  const topControl = top?.controlFrames;
+  const ownControl = own?.controlFrames;
+  if (typeof topControl === 'object' && typeof ownControl === 'object') merged.controlFrames = { ...topControl, ...ownControl };
   return merged;
 }
 
 const unlessOff = (value: number | 'off' | undefined) => (value === 'off' ? undefined : value);
 
-/** Fills the defaults: a burst of one period's count, 90% warning, 1024 fragments per message. */
+/**
+ * 100 pings or pongs a second per connection, 200 at once: thousands of times what keepalives and
+ * answered pings need, and a cap on what a flood makes the upstream answer (docs/limits.md).
+ */
+const DEFAULT_CONTROL_FRAMES = { rate: { count: 100, periodMs: 1000 }, burst: 200 };
+
+/** Fills the defaults: a burst of one period's count, 90% warning, control frames 100/s (burst 200). */
 function completeLimits(limits: PartialLimits) {
   const { connections, handshakes, messages } = limits;
   return {
@@ -372,7 +386,11 @@ function completeLimits(limits: PartialLimits) {
       per: messages.per ?? ('connection' as const),
       onExceed: messages.onExceed ?? ('close' as const),
     },
-    maxFragments: limits.maxFragments ?? 1024,
+    controlFrames: limits.controlFrames === 'off'
+      ? undefined
+      : limits.controlFrames === undefined
+        ? DEFAULT_CONTROL_FRAMES
+        : { ...limits.controlFrames, burst: limits.controlFrames.burst ?? Math.max(1, Math.ceil(limits.controlFrames.rate.count)) },
     idleTimeout: unlessOff(limits.idleTimeout),
     maxLifetime: unlessOff(limits.maxLifetime),
   };

@@ -195,7 +195,7 @@ describe('FrameInspector: message limits, checked from the header before anythin
 
   it('counts a message once at its first frame, never control frames, and refuses one over the rate', () => {
     let allowed = 2;
-    const limits = { maxMessageBytes: Infinity, maxFragments: Infinity, onMessageStart: () => (allowed-- > 0 ? MESSAGE_OK : MESSAGE_REFUSE), onCompressedPayload: null };
+    const limits = { maxMessageBytes: Infinity, maxFragments: Infinity, onMessageStart: () => (allowed-- > 0 ? MESSAGE_OK : MESSAGE_REFUSE), onControlFrame: null, onCompressedPayload: null };
     for (const [how, chunks] of splits(three)) {
       allowed = 2;
       const inspector = new FrameInspector({ ...CLIENT, limits });
@@ -215,7 +215,7 @@ describe('FrameInspector: message limits, checked from the header before anythin
       let tokens = 1;
       const inspector = new FrameInspector({
         ...CLIENT,
-        limits: { maxMessageBytes: Infinity, maxFragments: Infinity, onMessageStart: () => (tokens-- > 0 ? MESSAGE_OK : 25), onCompressedPayload: null },
+        limits: { maxMessageBytes: Infinity, maxFragments: Infinity, onMessageStart: () => (tokens-- > 0 ? MESSAGE_OK : 25), onControlFrame: null, onCompressedPayload: null },
       });
       const out: Buffer[] = [];
       let waits = 0;
@@ -242,7 +242,7 @@ describe('FrameInspector: message limits, checked from the header before anythin
     const first = masked(0x01, 'abcd');
     const second = masked(0x00, 'efgh');
     const stream = Buffer.concat([first, second, masked(0x80, 'ij')]);
-    const limits = { maxMessageBytes: 9, maxFragments: Infinity, onMessageStart: null, onCompressedPayload: null };
+    const limits = { maxMessageBytes: 9, maxFragments: Infinity, onMessageStart: null, onControlFrame: null, onCompressedPayload: null };
     expectEverySplit({ ...CLIENT, limits }, stream, { forwarded: Buffer.concat([first, second]), error: 'MESSAGE_TOO_BIG' });
     const ok = Buffer.concat([first, second, masked(0x80, 'i'), masked(0x81, '123456789')]);
     expectEverySplit({ ...CLIENT, limits }, ok, { forwarded: ok });
@@ -250,7 +250,53 @@ describe('FrameInspector: message limits, checked from the header before anythin
 
   it('caps the fragments of one message', () => {
     const frags = [masked(0x01, 'a'), masked(0x00, 'b'), masked(0x00, 'c'), masked(0x80, 'd')];
-    const limits = { maxMessageBytes: Infinity, maxFragments: 3, onMessageStart: null, onCompressedPayload: null };
+    const limits = { maxMessageBytes: Infinity, maxFragments: 3, onMessageStart: null, onControlFrame: null, onCompressedPayload: null };
     expectEverySplit({ ...CLIENT, limits }, Buffer.concat(frags), { forwarded: Buffer.concat(frags.slice(0, 3)), error: 'TOO_MANY_FRAGMENTS' });
+  });
+  it('asks the control-frame check for pings and pongs only: never for data frames, never for a close', () => {
+    let tokens = 2;
+    let asked = 0;
+    const limits = {
+      maxMessageBytes: Infinity, maxFragments: Infinity, onMessageStart: null, onCompressedPayload: null,
+      onControlFrame: () => (asked++, tokens-- > 0),
+    };
+    const allowed = [masked(0x89, 'p1'), masked(0x81, 'data'), masked(0x01, 'frag'), masked(0x8a, 'p2'), masked(0x80, 'ment')];
+    const refused = masked(0x89, 'p3');
+    for (const [how, chunks] of splits(Buffer.concat([...allowed, refused, masked(0x81, 'after')]))) {
+      tokens = 2;
+      asked = 0;
+      const outcome = run({ ...CLIENT, limits }, chunks);
+      expect(outcome.error, how).toBe('CONTROL_FRAME_RATE');
+      expect(outcome.forwarded.equals(Buffer.concat(allowed)), how).toBe(true);
+      expect(asked, how).toBe(3);
+    }
+    // Out of tokens, a close still goes through (and is never asked about).
+    const close = masked(0x88, Buffer.from([0x03, 0xe8]));
+    for (const [how, chunks] of splits(Buffer.concat([masked(0x81, 'x'), close]))) {
+      tokens = 0;
+      asked = 0;
+      const outcome = run({ ...CLIENT, limits }, chunks);
+      expect({ error: outcome.error, closeSeen: outcome.closeSeen, closeCode: outcome.closeCode, asked }, how).toEqual({ error: null, closeSeen: true, closeCode: 1000, asked: 0 });
+    }
+  });
+});
+
+describe('FrameInspector: stopBeforeClose', () => {
+  it('forwards everything up to the close frame, then stops in front of it without an error', () => {
+    const before = Buffer.concat([HELLO, FRAGMENTS, PING]);
+    const close = hex('88 02 03ea');
+    for (const [how, chunks] of splits(Buffer.concat([before, close]))) {
+      const inspector = new FrameInspector(SERVER);
+      inspector.stopBeforeClose();
+      const out: Buffer[] = [];
+      for (const chunk of chunks) {
+        const n = inspector.feed(chunk);
+        if (inspector.released) out.push(inspector.released);
+        out.push(chunk.subarray(0, n));
+      }
+      expect(Buffer.concat(out).equals(before), how).toBe(true);
+      expect({ stopped: inspector.stopped, error: inspector.error, closeSeen: inspector.closeSeen, atBoundary: inspector.atBoundary }, how)
+        .toEqual({ stopped: true, error: null, closeSeen: false, atBoundary: true });
+    }
   });
 });

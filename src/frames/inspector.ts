@@ -34,6 +34,12 @@ export interface MessageLimits {
    */
   onMessageStart: (() => number) | null;
   /**
+   * Asked for every ping and pong when its header is complete, before any of it is forwarded: false
+   * refuses it (CONTROL_FRAME_RATE). Close frames are never asked: a peer's close must always be able to
+   * end the connection. Synchronous and allocation-free by contract; data frames never reach it.
+   */
+  onControlFrame: (() => boolean) | null;
+  /**
    * Set when compressed messages must be measured inflated: receives the unmasked payload of every
    * compressed message (a copy, on this path only), which `feed` marks with `gateFrom` and ends with
    * `suspended`, so the caller can hold the message until its inflated size is known.
@@ -49,7 +55,9 @@ export interface InspectorOptions {
   limits?: MessageLimits;
 }
 
-const NO_LIMITS: MessageLimits = { maxMessageBytes: Infinity, maxFragments: Infinity, onMessageStart: null, onCompressedPayload: null };
+const NO_LIMITS: MessageLimits = {
+  maxMessageBytes: Infinity, maxFragments: Infinity, onMessageStart: null, onControlFrame: null, onCompressedPayload: null,
+};
 
 /**
  * The most compressed bytes a message under `limit` (inflated) may take before it is refused unmeasured.
@@ -109,6 +117,8 @@ export class FrameInspector {
   private opcode = 0;
   private inMessage = false;
   private stopPending = false;
+  /** Stop in front of the next close frame instead of forwarding it (`stopBeforeClose`). */
+  private closeStops = false;
   /** Masking key of the current frame and how far into its payload we are, to read a close code. */
   private mask0 = 0;
   private mask1 = 0;
@@ -139,6 +149,14 @@ export class FrameInspector {
   stopAtBoundary(): void {
     if (this.state === S_HEADER) this.state = S_STOPPED;
     else if (this.state === S_PAYLOAD) this.stopPending = true;
+  }
+
+  /**
+   * Keeps forwarding, but stops in front of the next close frame: it is not forwarded and `stopped`
+   * becomes true with no error, so the caller can send a close of its own in its place.
+   */
+  stopBeforeClose(): void {
+    this.closeStops = true;
   }
 
   /** Ends forwarding now, even inside a frame: for when the rest of that frame was never forwarded. */
@@ -259,8 +277,18 @@ export class FrameInspector {
       this.mask3 = buf[maskAt + 3]!;
     }
 
-    if (!control && !this.checkMessage(opcode, payloadLength, (b0 & 0x40) !== 0)) return false;
-    if (!control) {
+    if (control) {
+      if (opcode === OP_CLOSE) {
+        if (this.closeStops) {
+          this.state = S_STOPPED;
+          this.headerLength = 0;
+          return false;
+        }
+      } else if (this.limits.onControlFrame !== null && !this.limits.onControlFrame()) {
+        return this.fail('CONTROL_FRAME_RATE', 'control frame rate exceeded');
+      }
+    } else {
+      if (!this.checkMessage(opcode, payloadLength, (b0 & 0x40) !== 0)) return false;
       if (opcode !== OP_CONTINUATION) this.messages++;
       this.dataFrames++;
       this.inMessage = !fin;

@@ -26,6 +26,14 @@ export interface SessionOptions {
   maxLifetimeMs: number | undefined;
 }
 
+/**
+ * Closes for something wrong in the client's stream: the upstream's frames already on their way still
+ * reach the client before the guard's close (`Session.flushToClient`).
+ */
+const CLIENT_STREAM_FAULTS: ReadonlySet<CloseReason> = new Set<CloseReason>([
+  'PROTOCOL_VIOLATION', 'MESSAGE_TOO_BIG', 'TOO_MANY_FRAGMENTS', 'INVALID_COMPRESSED', 'MESSAGE_RATE', 'CONTROL_FRAME_RATE',
+]);
+
 /** How a session ended, for the audit trail. */
 export interface SessionEnd {
   id: number;
@@ -63,6 +71,8 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
   private owesClient = false;
   private owesUpstream = false;
   private closeTimer: NodeJS.Timeout | null = null;
+  /** Bounds the wait for the upstream's close before the client gets the guard's (`flushToClient`). */
+  private flushTimer: NodeJS.Timeout | null = null;
   private expiryTimer: NodeJS.Timeout | null = null;
   private idleTimer: NodeJS.Timeout | null = null;
   private lifetimeTimer: NodeJS.Timeout | null = null;
@@ -153,12 +163,34 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
       this.c2u.stopAtBoundary();
       this.owesUpstream = true;
     }
-    if (!this.u2c.closeSeen && !this.client.destroyed) {
-      this.u2c.stopAtBoundary();
+    if (!this.u2c.closeSeen && !this.client.destroyed && !this.owesClient) {
       this.owesClient = true;
+      if (this.owesUpstream && CLIENT_STREAM_FAULTS.has(reason) && !this.u2c.stopped) this.flushToClient();
+      else this.u2c.stopAtBoundary();
     }
     this.payDebts(code, ERRORS[reason].message);
     this.armCloseTimer();
+  }
+
+  /**
+   * The guard failed the client's stream: the upstream gets the close at once, and the client keeps
+   * receiving what the upstream sent before answering it (the echo of a valid message in front of the bad
+   * frame, say), so nothing the client was owed is lost. The upstream's own close frame is not relayed:
+   * the guard's close goes to the client in its place. A silent upstream is waited for half of
+   * `timeouts.close`; then the client's close goes out at the next frame boundary, and the close timer
+   * still ends everything within `timeouts.close`.
+   */
+  private flushToClient(): void {
+    this.u2c.stopBeforeClose();
+    this.flushTimer = setTimeout(() => this.releaseClientClose(), Math.floor(this.closeTimeoutMs / 2));
+    this.flushTimer.unref();
+  }
+
+  /** The upstream will send nothing more worth waiting for: the client's close goes out at the next boundary. */
+  private releaseClientClose(): void {
+    if (!this.owesClient) return;
+    this.u2c.stopAtBoundary();
+    this.payDebts(this.guardCloseCode, this.reason ? ERRORS[this.reason].message : '');
   }
 
   /** Messages and bytes so far, each way, for live metrics. */
@@ -316,11 +348,11 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
   private payDebts(code: number, text: string): void {
     if (this.owesUpstream && this.c2u.stopped) {
       this.owesUpstream = false;
-      if (!this.upstream.destroyed) this.upstream.end(closeFrame(code, text, true));
+      if (!this.upstream.destroyed && !this.upstream.writableEnded) this.upstream.end(closeFrame(code, text, true));
     }
     if (this.owesClient && this.u2c.stopped) {
       this.owesClient = false;
-      if (!this.client.destroyed) this.client.end(closeFrame(code, text, false));
+      if (!this.client.destroyed && !this.client.writableEnded) this.client.end(closeFrame(code, text, false));
     }
   }
 
@@ -338,6 +370,7 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
       return;
     }
     this.closedBy ??= 'upstream';
+    this.releaseClientClose();
     if (!this.client.destroyed) this.client.end();
     this.armCloseTimer();
   }
@@ -349,6 +382,7 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
 
   private onSocketClose(): void {
     if (this.upstream.destroyed && this.closedBy === null) this.upstreamGone('upstream socket closed');
+    if (this.upstream.destroyed) this.releaseClientClose();
     if (this.client.destroyed && !this.upstream.destroyed) {
       this.closedBy ??= 'client';
       // A client that vanished takes the upstream leg with it; one that closed cleanly lets ours finish.
@@ -389,7 +423,7 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
   }
 
   private finish(): void {
-    for (const timer of [this.closeTimer, this.expiryTimer, this.lifetimeTimer, this.throttleTimer]) clearTimeout(timer ?? undefined);
+    for (const timer of [this.closeTimer, this.flushTimer, this.expiryTimer, this.lifetimeTimer, this.throttleTimer]) clearTimeout(timer ?? undefined);
     this.counter?.destroy();
     clearInterval(this.idleTimer ?? undefined);
     const closeCode = this.closedBy === 'guard'

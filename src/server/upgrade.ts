@@ -281,6 +281,8 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
       shared = deps.store.sharedBucket(`${route.path}|${who}`, rate.rate, rate.burst);
     }
     const bucket = rate === undefined ? undefined : shared ?? new TokenBucket(rate.rate, rate.burst, Date.now());
+    const control = limits.controlFrames;
+    const controlBucket = control === undefined ? undefined : new TokenBucket(control.rate, control.burst, Date.now());
     const session = new Session({
       id: deps.nextId(),
       client: socket,
@@ -293,8 +295,9 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
       expiresAt,
       messageLimits: {
         maxMessageBytes: limits.messageSize ?? Infinity,
-        maxFragments: limits.maxFragments,
+        maxFragments: limits.maxFragments ?? Infinity,
         onMessageStart: bucket === undefined ? null : messageCheck(bucket, rate!.onExceed),
+        onControlFrame: controlBucket === undefined ? null : () => controlBucket.take(Date.now()),
       },
       idleTimeoutMs: limits.idleTimeout,
       maxLifetimeMs: limits.maxLifetime,
