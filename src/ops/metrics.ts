@@ -1,7 +1,70 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { GuardConfig } from '../config/schema.js';
+import { ERRORS, type ErrorCode } from '../errors.js';
 import { routeName, type GuardEvents } from '../events.js';
 import type { Guard } from '../server/guard.js';
+
+/*
+ * Every label value comes from a fixed set: the functions below map what the wire, a peer or the upstream
+ * chose onto it, so a client cannot make a new series (issue: 1,000 closes with 5000+i made 1,002 series).
+ * `route` and `pool` are configured route prefixes (Route.path), never the request path; nothing is
+ * taken from a header or a claim. docs/operations.md lists the sets.
+ */
+
+/**
+ * Close codes kept as they are: those of RFC 6455 §7.4.1 and the IANA registry that may appear in a close
+ * frame (1000–1003, 1007–1014), 1005 and 1006 as the guard reports a close without a code or without a
+ * close frame, and the guard's own codes (the catalogue's 4001 and 4003). 1004 and 1015 must never be
+ * sent, so a peer sending them is `other`.
+ */
+const KEPT_CLOSE_CODES: ReadonlySet<number> = new Set([
+  1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014,
+  ...Object.values(ERRORS).flatMap((e) => ('close' in e ? [e.close] : [])),
+]);
+
+/** Every value `ws_guard_closes_total{code}` can take. */
+export const CLOSE_CODE_LABELS: readonly string[] = [...[...KEPT_CLOSE_CODES].sort((a, b) => a - b).map(String), '3xxx', '4xxx', 'other'];
+
+/** The `code` label of a close code: a kept code itself, `3xxx` (registered), `4xxx` (private use), or `other`. */
+export function closeCodeLabel(code: number): string {
+  if (KEPT_CLOSE_CODES.has(code)) return String(code);
+  if (Number.isInteger(code) && code >= 3000 && code <= 3999) return '3xxx';
+  if (Number.isInteger(code) && code >= 4000 && code <= 4999) return '4xxx';
+  return 'other';
+}
+
+export const CLOSED_BY_LABELS = ['client', 'upstream', 'guard'] as const;
+
+/** The `closed_by` label; the session only reports the three, anything else would be `other`. */
+export function closedByLabel(side: string): string {
+  return (CLOSED_BY_LABELS as readonly string[]).includes(side) ? side : 'other';
+}
+
+/** Every value `ws_guard_rejections_total{reason}` can take: the error catalogue, the relayed upstream refusal, `other` (never made). */
+export const REASON_LABELS: readonly string[] = [...Object.keys(ERRORS), 'UPSTREAM_REFUSED', 'other'];
+
+/** The statuses the guard itself answers refusals with (the catalogue's). */
+const GUARD_STATUSES: ReadonlySet<number> = new Set(Object.values(ERRORS).map((e) => e.status));
+const STATUS_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx'] as const;
+
+/** Every value `ws_guard_rejections_total{status}` can take. */
+export const STATUS_LABELS: readonly string[] = [...[...GUARD_STATUSES].sort((a, b) => a - b).map(String), ...STATUS_CLASSES, 'other'];
+
+/** The class of an HTTP status chosen by the upstream: `1xx`…`5xx`, or `other` outside 100–599. */
+export function statusClassLabel(status: number): string {
+  return Number.isInteger(status) && status >= 100 && status <= 599 ? STATUS_CLASSES[Math.floor(status / 100) - 1]! : 'other';
+}
+
+/** The labels of a refusal the guard made: its catalogue code and the catalogue's status for it. */
+export function refusalLabels(code: ErrorCode, status: number): { reason: string; status: string } {
+  if (!Object.hasOwn(ERRORS, code)) return { reason: 'other', status: statusClassLabel(status) };
+  return { reason: code, status: GUARD_STATUSES.has(status) ? String(status) : statusClassLabel(status) };
+}
+
+/** The labels of a non-101 the upstream answered (relayed to the client): its status class only. */
+export function upstreamRefusalLabels(status: number): { reason: string; status: string } {
+  return { reason: 'UPSTREAM_REFUSED', status: statusClassLabel(status) };
+}
 
 /**
  * Prometheus metrics, built from the guard's events and, at scrape time, from the open sessions: nothing
@@ -74,13 +137,13 @@ export function createMetrics(config: GuardConfig, events: GuardEvents, guard: (
     handshake.observe({ outcome: 'accepted' }, e.durationMs / 1000);
   });
   events.on('refused', (e) => {
-    rejections.inc({ reason: e.code, status: String(e.status) });
+    rejections.inc(refusalLabels(e.code, e.status));
     handshake.observe({ outcome: 'refused' }, e.durationMs / 1000);
   });
-  events.on('upstreamRefused', (e) => rejections.inc({ reason: 'UPSTREAM_REFUSED', status: String(e.status) }));
+  events.on('upstreamRefused', (e) => rejections.inc(upstreamRefusalLabels(e.status)));
   events.on('closed', (e) => {
     activeByRoute.set(e.route, (activeByRoute.get(e.route) ?? 1) - 1);
-    closes.inc({ code: String(e.closeCode), closed_by: e.closedBy });
+    closes.inc({ code: closeCodeLabel(e.closeCode), closed_by: closedByLabel(e.closedBy) });
     closedTotals.messagesIn += e.messagesIn;
     closedTotals.messagesOut += e.messagesOut;
     closedTotals.bytesIn += e.bytesIn;
