@@ -119,6 +119,18 @@ describe('InflateCounter', () => {
       expect(await counter.end()).toBe('too-big');
     });
 
+    it('refuses as invalid a message of more than 16 final blocks (each costs a new zlib stream)', async () => {
+      const empty = zlib.deflateRawSync(Buffer.alloc(0));
+      for (const [n, verdict] of [[16, 'ok'], [17, 'invalid'], [100_000, 'invalid']] as const) {
+        const counter = new InflateCounter(1000, false);
+        const started = performance.now();
+        counter.write(Buffer.concat([...Array<Buffer>(n).fill(empty), Buffer.from([0x00])]));
+        expect(await counter.end()).toBe(verdict);
+        expect(performance.now() - started).toBeLessThan(1000);
+        counter.destroy();
+      }
+    });
+
     it('garbage after a final block is still invalid', async () => {
       const counter = new InflateCounter(1000, false);
       counter.write(Buffer.concat([zlib.deflateRawSync(Buffer.from('x')), Buffer.from([0xff, 0xff, 0xff, 0xff])]));

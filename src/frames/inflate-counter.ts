@@ -4,6 +4,12 @@ import zlib from 'node:zlib';
 const TAIL = Buffer.from([0x00, 0x00, 0xff, 0xff]);
 /** The LZ77 window of DEFLATE (RFC 1951 §2): no distance reaches further back, whatever window bits were negotiated. */
 const WINDOW = 32 * 1024;
+/**
+ * Final blocks one message may contain. A conforming sender ends a message with at most one (RFC 7692
+ * §7.2.3.4); each costs a new zlib stream (~50 µs), so a message of thousands of 2-byte final blocks would
+ * take seconds to measure. Past this many the message is refused as invalid.
+ */
+const MAX_STREAMS_PER_MESSAGE = 16;
 /** Marks the end of a message in the input queue. */
 const END = Symbol('end of message');
 
@@ -34,6 +40,8 @@ export class InflateCounter {
   private windowEnd = 0;
   private windowFull = false;
   private count = 0;
+  /** DEFLATE streams the current message ended (final blocks). */
+  private streams = 0;
   private verdict: InflateVerdict = 'ok';
   private readonly settles: ((verdict: InflateVerdict) => void)[] = [];
 
@@ -124,6 +132,7 @@ export class InflateCounter {
    */
   private restart(rest: Buffer | null): void {
     if (this.verdict !== 'ok') return;
+    if (++this.streams > MAX_STREAMS_PER_MESSAGE) return this.fail('invalid');
     this.inflater.destroy();
     this.inflater = this.open(this.dictionary());
     this.busy = false;
@@ -133,6 +142,7 @@ export class InflateCounter {
 
   private finishMessage(): void {
     this.count = 0;
+    this.streams = 0;
     if (this.noContextTakeover) {
       // RFC 7692 §7.2.2: each message starts with an empty window.
       this.windowEnd = 0;
