@@ -30,6 +30,9 @@ export interface SessionOptions {
  * Closes for something wrong in the client's stream: the upstream's frames already on their way still
  * reach the client before the guard's close (`Session.flushToClient`).
  */
+/** How long the upstream may go on answering what it received before a client fault, before its close. */
+const SETTLE_MS = 100;
+
 const CLIENT_STREAM_FAULTS: ReadonlySet<CloseReason> = new Set<CloseReason>([
   'PROTOCOL_VIOLATION', 'MESSAGE_TOO_BIG', 'TOO_MANY_FRAGMENTS', 'INVALID_COMPRESSED', 'MESSAGE_RATE', 'CONTROL_FRAME_RATE',
 ]);
@@ -73,6 +76,9 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
   private closeTimer: NodeJS.Timeout | null = null;
   /** Bounds the wait for the upstream's close before the client gets the guard's (`flushToClient`). */
   private flushTimer: NodeJS.Timeout | null = null;
+  /** The upstream's close waits a moment, so it can answer what it already received (`flushToClient`). */
+  private settleTimer: NodeJS.Timeout | null = null;
+  private settling = false;
   private expiryTimer: NodeJS.Timeout | null = null;
   private idleTimer: NodeJS.Timeout | null = null;
   private lifetimeTimer: NodeJS.Timeout | null = null;
@@ -173,15 +179,23 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
   }
 
   /**
-   * The guard failed the client's stream: the upstream gets the close at once, and the client keeps
-   * receiving what the upstream sent before answering it (the echo of a valid message in front of the bad
-   * frame, say), so nothing the client was owed is lost. The upstream's own close frame is not relayed:
-   * the guard's close goes to the client in its place. A silent upstream is waited for half of
-   * `timeouts.close`; then the client's close goes out at the next frame boundary, and the close timer
-   * still ends everything within `timeouts.close`.
+   * The guard failed the client's stream: nothing more of it is forwarded, but the client keeps receiving
+   * what the upstream sends until the upstream answers the guard's close (the echo of a valid message in
+   * front of the bad frame, say), so nothing the client was owed is lost. The upstream gets its close after
+   * SETTLE_MS (at most a quarter of `timeouts.close`): an app that reads messages in one task and answers
+   * them in another (Python websockets) would otherwise see the close before it has sent its answer, and
+   * drop it. The upstream's own close frame is not relayed: the guard's close goes to the client in its
+   * place. A silent upstream is waited for half of `timeouts.close`; then the client's close goes out at
+   * the next frame boundary, and the close timer still ends everything within `timeouts.close`.
    */
   private flushToClient(): void {
     this.u2c.stopBeforeClose();
+    this.settling = true;
+    this.settleTimer = setTimeout(() => {
+      this.settling = false;
+      this.payDebts(this.guardCloseCode, this.reason ? ERRORS[this.reason].message : '');
+    }, Math.min(SETTLE_MS, Math.floor(this.closeTimeoutMs / 4)));
+    this.settleTimer.unref();
     this.flushTimer = setTimeout(() => this.releaseClientClose(), Math.floor(this.closeTimeoutMs / 2));
     this.flushTimer.unref();
   }
@@ -346,7 +360,7 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
 
   /** Writes owed guard close frames to the sides whose direction has reached a frame boundary. */
   private payDebts(code: number, text: string): void {
-    if (this.owesUpstream && this.c2u.stopped) {
+    if (this.owesUpstream && this.c2u.stopped && !this.settling) {
       this.owesUpstream = false;
       if (!this.upstream.destroyed && !this.upstream.writableEnded) this.upstream.end(closeFrame(code, text, true));
     }
@@ -423,7 +437,7 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
   }
 
   private finish(): void {
-    for (const timer of [this.closeTimer, this.flushTimer, this.expiryTimer, this.lifetimeTimer, this.throttleTimer]) clearTimeout(timer ?? undefined);
+    for (const timer of [this.closeTimer, this.flushTimer, this.settleTimer, this.expiryTimer, this.lifetimeTimer, this.throttleTimer]) clearTimeout(timer ?? undefined);
     this.counter?.destroy();
     clearInterval(this.idleTimer ?? undefined);
     const closeCode = this.closedBy === 'guard'
