@@ -92,6 +92,103 @@ async function stop(child: ChildProcess): Promise<void> {
   clearTimeout(timer);
 }
 
+/**
+ * Compressed messages are held whole until their inflated size is known (design.md §2). A crowd that
+ * negotiates permessage-deflate and sends messages that never end, made of empty stored DEFLATE blocks
+ * (5 bytes each, inflating to nothing, so `messageSize` is never reached), would make the guard hold up to
+ * its per-message cap (2 × messageSize + 128 KiB) per connection: 200 × 2 MiB, each kept twice (the held
+ * bytes and their copy queued for the inflater). `limits.holdBudget` bounds what the process holds at
+ * once; past it clients are not read. docs/limits.md states the worst case over the baseline as
+ * W = 2 × (holdBudget + connections × 64 KiB + 2 × messageSize + 128 KiB) + connections × 76 KiB;
+ * the ceiling here is 1.5 × W. Measured on the dev box (2 cores): growth 59–77 MiB against W = 76 MiB.
+ * What it catches: the same build with `holdBudget: 1GiB` (no budget in effect) peaks at 738 MiB here.
+ */
+describe('memory under a compressed crowd', () => {
+  const HOLD_BUDGET_MIB = 16;
+  const MESSAGE_SIZE_MIB = 1;
+  /** Per connection besides what it holds: the inflater (~64 KiB) and the idle connection (~12 KiB). */
+  const PER_CONNECTION_KIB = 64 + 12;
+  /** 0x00 then LEN 0, NLEN 0xffff: an empty stored block that is not the last (RFC 1951 §3.2.4). */
+  const EMPTY_BLOCK = Buffer.from([0x00, 0x00, 0x00, 0xff, 0xff]);
+
+  it(`holds at most holdBudget (${HOLD_BUDGET_MIB} MiB) plus a bounded amount per connection`, async () => {
+    expect(openFilesLimit()).toBeGreaterThanOrEqual(FDS_NEEDED);
+    const port = await freePort();
+    const file = join(dir, 'compressed.yaml');
+    writeFileSync(file, [
+      `listen: 127.0.0.1:${port}`,
+      `upstream: ${upstream.url}`,
+      'timeouts: { drain: 2s }',
+      `limits: { messageSize: ${MESSAGE_SIZE_MIB}MiB, holdBudget: ${HOLD_BUDGET_MIB}MiB }`,
+      '',
+    ].join('\n'));
+    const child = spawn(process.execPath, [bin, '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    const keep = (d: Buffer) => (output = (output + d.toString()).slice(-64 * 1024));
+    child.stdout!.on('data', keep);
+    child.stderr!.on('data', keep);
+    const pid = child.pid!;
+    const conns: RawConn[] = [];
+    let peak = 0;
+    const sampler = setInterval(() => (peak = Math.max(peak, rssKiB(pid))), 100);
+    try {
+      await until(() => output.includes('ws-guard listening') || child.exitCode !== null, 10_000, 'the guard to listen');
+      const deflate = { 'Sec-WebSocket-Extensions': 'permessage-deflate' };
+      const warm = await rawConnect(port);
+      warm.write(upgradeRequest('/ws/echo', deflate));
+      expect((await warm.readHttpResponse()).headers['sec-websocket-extensions']).toMatch(/permessage-deflate/);
+      warm.destroy();
+      await pause(500);
+      const before = rssKiB(pid);
+
+      for (let i = 0; i < CLIENTS; i++) {
+        const conn = await rawConnect(port);
+        conns.push(conn);
+        conn.write(upgradeRequest('/ws/echo', deflate));
+        expect((await conn.readHttpResponse()).status).toBe(101);
+      }
+      // 64 KiB fragments of empty blocks, written as fast as each socket takes them, stopping just under the
+      // per-message cap (2 × messageSize + 64 KiB of payload): the message never ends and is never refused.
+      const payload = Buffer.concat(Array.from({ length: 65_536 / 5 }, () => EMPTY_BLOCK));
+      const perMessage = 2 * MESSAGE_SIZE_MIB * 1024 * 1024 + 128 * 1024;
+      const sentPerClient = 2 * MESSAGE_SIZE_MIB * 1024 * 1024;
+      const sends = conns.map(async (conn) => {
+        conn.write(frame({ opcode: Op.BINARY, fin: false, rsv1: true, payload }));
+        for (let sent = payload.length; sent + payload.length <= sentPerClient && !conn.closed; sent += payload.length) {
+          if (!conn.socket.write(frame({ opcode: Op.CONTINUATION, fin: false, payload }))) {
+            // A client the guard no longer reads stays blocked here: that is the budget working.
+            const drained = await Promise.race([once(conn.socket, 'drain').then(() => true), pause(3000).then(() => false)]);
+            if (!drained) return;
+          }
+        }
+      });
+      await Promise.all(sends);
+      await pause(1000);
+      const after = rssKiB(pid);
+      peak = Math.max(peak, after);
+      // docs/limits.md: held ≤ holdBudget + connections × 64 KiB + one message's cap, kept twice (the held bytes
+      // and their copy queued for the inflater), plus what every connection has anyway.
+      const heldMaxKiB = HOLD_BUDGET_MIB * 1024 + CLIENTS * 64 + perMessage / 1024;
+      const ceilingKiB = before + 1.5 * (2 * heldMaxKiB + CLIENTS * PER_CONNECTION_KIB);
+      const refused = conns.filter((c) => c.closed).length;
+      process.stderr.write(
+        `compressed memory test: guard RSS before ${mib(before)} MiB, peak ${mib(peak)} MiB, after ${mib(after)} MiB ` +
+          `(ceiling ${mib(ceilingKiB)} MiB); ${refused}/${CLIENTS} clients refused with 1009 by the budget or the per-message cap\n`,
+      );
+      expect(child.exitCode, output).toBeNull();
+      const probe = await rawConnect(port);
+      conns.push(probe);
+      probe.write(upgradeRequest('/ws/echo', { 'Sec-WebSocket-Version': '12' }));
+      expect((await probe.readHttpResponse()).status).toBe(426);
+      expect(peak).toBeLessThan(ceilingKiB);
+    } finally {
+      clearInterval(sampler);
+      for (const conn of conns) conn.destroy();
+      await stop(child);
+    }
+  }, 150_000);
+});
+
 describe('memory under a hostile crowd', () => {
   it(`stays under ${CEILING_MIB} MiB RSS with ${CLIENTS} non-reading clients and ${CLIENTS} endless fragment streams`, async () => {
     expect(openFilesLimit(), `ulimit -n must allow ${FDS_NEEDED} open files; raise it for this test run`).toBeGreaterThanOrEqual(FDS_NEEDED);

@@ -345,3 +345,15 @@ describe('config: messages', () => {
     expect(() => loadConfigFile(dir, {})).toThrow(`cannot read config file ${dir}: it is a directory`);
   });
 });
+
+describe('holdBudget', () => {
+  const base = { listen: '127.0.0.1:1', upstream: 'http://127.0.0.1:2' };
+
+  it('defaults to 32 MiB for the process and is refused in a route', () => {
+    expect(parseConfig(base, {}).limits.holdBudget).toBe(32 * 1024 * 1024);
+    expect(parseConfig({ ...base, limits: { holdBudget: '16MiB' } }, {}).limits.holdBudget).toBe(16 * 1024 * 1024);
+    expect(problemsOf({ ...base, routes: [{ path: '/a', limits: { holdBudget: '1MiB' } }] })).toEqual([
+      'routes[0].limits.holdBudget: is for the whole process: set it in the top-level limits',
+    ]);
+  });
+});

@@ -339,6 +339,8 @@ const limitsShape = z.strictObject({
     })
     .optional(),
   messageSize: size.optional(),
+  /** Process-wide, top level only: bytes of compressed messages held while they are measured (docs/limits.md). */
+  holdBudget: size.optional(),
   maxFragments: positive.optional(),
   /** Pings and pongs from the client, per connection; on by default (docs/limits.md), `off` to disable. */
   controlFrames: z
@@ -364,6 +366,9 @@ function mergeLimits(top: PartialLimits | undefined, own: PartialLimits | undefi
   if (typeof topControl === 'object' && typeof ownControl === 'object') merged.controlFrames = { ...topControl, ...ownControl };
   return merged;
 }
+
+/** 32 MiB: 16 messages of the README's 1 MiB `messageSize` measured at once, each held at up to twice its size. */
+const DEFAULT_HOLD_BUDGET = 32 * 1024 * 1024;
 
 const unlessOff = (value: number | 'off' | undefined) => (value === 'off' ? undefined : value);
 
@@ -391,6 +396,7 @@ function completeLimits(limits: PartialLimits) {
       : limits.controlFrames === undefined
         ? DEFAULT_CONTROL_FRAMES
         : { ...limits.controlFrames, burst: limits.controlFrames.burst ?? Math.max(1, Math.ceil(limits.controlFrames.rate.count)) },
+    holdBudget: limits.holdBudget ?? DEFAULT_HOLD_BUDGET,
     idleTimeout: unlessOff(limits.idleTimeout),
     maxLifetime: unlessOff(limits.maxLifetime),
   };
@@ -429,6 +435,9 @@ export const configSchema = z
     limits: completeLimits(config.limits ?? {}),
     // Each route's auth is resolved here, once: its JWT keys merged over the top-level ones.
     routes: config.routes.map((r, i) => {
+      if (r.limits?.holdBudget !== undefined) {
+        ctx.addIssue({ code: 'custom', path: ['routes', i, 'limits', 'holdBudget'], message: 'is for the whole process: set it in the top-level limits' });
+      }
       let routeAuth: { jwt: JwtConfig } | undefined = config.auth;
       if (r.auth === false) routeAuth = undefined;
       else if (r.auth !== undefined) {

@@ -1,6 +1,7 @@
 import net from 'node:net';
 import { once } from 'node:events';
 import { describe, expect, it } from 'vitest';
+import { HoldBudget } from '../limits/hold-budget.js';
 import { Session, type SessionEnd } from './session.js';
 
 /** Two connected TCP sockets on 127.0.0.1: the guard's end and the peer's. */
@@ -23,7 +24,7 @@ describe('Session', () => {
     const session = new Session({
       id: 1, client: client.ours, upstream: upstream.ours, clientHead: Buffer.alloc(0), upstreamHead: Buffer.alloc(0),
       compressed: false, closeTimeoutMs: 200, expiresAt: undefined, messageLimits: undefined, clientNoContextTakeover: false,
-      idleTimeoutMs: undefined, maxLifetimeMs: undefined,
+      idleTimeoutMs: undefined, maxLifetimeMs: undefined, holdBudget: new HoldBudget(1024),
     });
     const [end] = (await once(session, 'end')) as [SessionEnd];
     expect(end.id).toBe(1);

@@ -4,6 +4,7 @@ import { closeFrame } from '../frames/close.js';
 import { InflateCounter } from '../frames/inflate-counter.js';
 import { FrameInspector, compressedAllowance, type MessageLimits } from '../frames/inspector.js';
 import { ERRORS, type CloseReason } from '../errors.js';
+import type { HoldBudget } from '../limits/hold-budget.js';
 
 export interface SessionOptions {
   id: number;
@@ -21,6 +22,8 @@ export interface SessionOptions {
   messageLimits: Omit<MessageLimits, 'onCompressedPayload'> | undefined;
   /** The 101 negotiated client_no_context_takeover: each client message is compressed on its own. */
   clientNoContextTakeover: boolean;
+  /** The process-wide budget for held compressed messages (limits.holdBudget). */
+  holdBudget: HoldBudget;
   /** No data frame either way for this long closes with 1001 (checked four times per period). */
   idleTimeoutMs: number | undefined;
   maxLifetimeMs: number | undefined;
@@ -93,6 +96,14 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
   private gate: Buffer[] | null = null;
   private gateBytes = 0;
   private readonly gateCap: number = 0;
+  private readonly budget: HoldBudget;
+  /** Paused until the hold budget has room again. */
+  private awaitingBudget = false;
+  /** Reads the client again once the budget has room: one function for the life of the session. */
+  private readonly budgetFreed = () => {
+    this.awaitingBudget = false;
+    if (this.held === null && !this.upstreamFull && !this.client.destroyed) this.client.resume();
+  };
   private openSockets = 2;
 
   constructor(options: SessionOptions) {
@@ -101,6 +112,7 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
     this.client = options.client;
     this.upstream = options.upstream;
     this.closeTimeoutMs = options.closeTimeoutMs;
+    this.budget = options.holdBudget;
     const limits = options.messageLimits;
     let onCompressedPayload: ((payload: Buffer) => void) | null = null;
     if (limits !== undefined && options.compressed && Number.isFinite(limits.maxMessageBytes)) {
@@ -131,7 +143,7 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
     this.client.on('drain', () => this.upstream.resume());
     this.upstream.on('drain', () => {
       this.upstreamFull = false;
-      if (this.held === null) this.client.resume();
+      if (this.held === null && !this.awaitingBudget) this.client.resume();
     });
     this.client.on('end', () => this.onClientEnd());
     this.upstream.on('end', () => this.onUpstreamEnd());
@@ -161,9 +173,12 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
     this.detail ??= detail;
     // A held compressed message never went out: the upstream is at a frame boundary where it began.
     if (this.gate !== null) {
-      this.gate = null;
+      this.dropGate();
       this.c2u.stopNow();
     }
+    // No client message goes on after a guard close: the copies queued for inflating are dropped now,
+    // not when the peers have finished closing (up to timeouts.close later).
+    this.counter?.destroy();
     // A side that already sent its own close frame gets none from the guard (RFC 6455 §5.5.1).
     if (!this.c2u.closeSeen && !this.upstream.destroyed) {
       this.c2u.stopAtBoundary();
@@ -291,13 +306,31 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
     const held = this.held;
     this.held = null;
     if (held !== null && held.length > 0) this.forward(held, this.client, this.upstream, this.c2u);
-    if (this.held === null && !this.upstreamFull && !this.client.destroyed) this.client.resume();
+    if (this.held === null && !this.upstreamFull && !this.awaitingBudget && !this.client.destroyed) this.client.resume();
   }
 
   private hold(bytes: Buffer): void {
+    const first = this.gate === null;
     (this.gate ??= []).push(bytes);
     this.gateBytes += bytes.length;
-    if (this.gateBytes > this.gateCap) this.close('MESSAGE_TOO_BIG', 'compressed message held past its cap');
+    this.budget.take(bytes.length, first);
+    if (this.gateBytes > this.gateCap) {
+      this.close('MESSAGE_TOO_BIG', 'compressed message held past its cap');
+      return;
+    }
+    // Past the process's budget the client is not read until others give bytes back (backpressure),
+    // unless every other holder waits already: then this one goes on, so some message can always end.
+    if (!this.budget.exceeded || this.awaitingBudget || !this.budget.wait(this.budgetFreed)) return;
+    this.awaitingBudget = true;
+    this.client.pause();
+  }
+
+  /** The held message is gone (forwarded, refused, or the session ended): its bytes go back to the budget. */
+  private dropGate(): void {
+    this.budget.giveBack(this.gateBytes, this.budgetFreed);
+    this.gate = null;
+    this.gateBytes = 0;
+    this.awaitingBudget = false;
   }
 
   /**
@@ -315,8 +348,7 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
         return;
       }
       const gate = this.gate;
-      this.gate = null;
-      this.gateBytes = 0;
+      this.dropGate();
       let flushed = true;
       for (const bytes of gate) flushed = this.upstream.write(bytes) && flushed;
       if (!flushed) this.upstreamFull = true;
@@ -439,6 +471,7 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
   private finish(): void {
     for (const timer of [this.closeTimer, this.flushTimer, this.settleTimer, this.expiryTimer, this.lifetimeTimer, this.throttleTimer]) clearTimeout(timer ?? undefined);
     this.counter?.destroy();
+    if (this.gate !== null) this.dropGate();
     clearInterval(this.idleTimer ?? undefined);
     const closeCode = this.closedBy === 'guard'
       ? this.guardCloseCode

@@ -5,6 +5,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { GuardConfig } from '../config/schema.js';
 import { GuardError } from '../errors.js';
 import { GuardEvents } from '../events.js';
+import { HoldBudget } from '../limits/hold-budget.js';
 import { MemoryStore } from '../limits/memory-store.js';
 import type { LimitStore } from '../limits/store.js';
 import type { Session, SessionEnd } from '../proxy/session.js';
@@ -66,6 +67,8 @@ async function within(work: Promise<void>, ms: number): Promise<boolean> {
 interface Shared {
   events: GuardEvents;
   store: LimitStore;
+  /** One budget for the process, kept across reloads (a reload may change its size). */
+  holdBudget: HoldBudget;
   sessions: Set<Session>;
   pending: Set<Socket>;
   nextId: () => number;
@@ -89,6 +92,7 @@ function createRuntime(config: GuardConfig, shared: Shared) {
     identityHeaders,
     forwardContext,
     store: shared.store,
+    holdBudget: shared.holdBudget,
     draining: shared.draining,
     pending: shared.pending,
     nextId: shared.nextId,
@@ -119,7 +123,8 @@ export async function startGuard(config: GuardConfig, options: GuardOptions = {}
   let draining = false;
   let lastId = 0;
   const shared: Shared = {
-    events, store: options.store ?? new MemoryStore(), sessions, pending, nextId: () => ++lastId, draining: () => draining,
+    events, store: options.store ?? new MemoryStore(), holdBudget: new HoldBudget(config.limits.holdBudget),
+    sessions, pending, nextId: () => ++lastId, draining: () => draining,
   };
   let runtime = createRuntime(config, shared);
 
@@ -233,6 +238,7 @@ export async function startGuard(config: GuardConfig, options: GuardOptions = {}
         server.setSecureContext({ cert: next.listen.tls.cert.pem, key: next.listen.tls.key.pem });
       }
       server.headersTimeout = next.timeouts.handshake;
+      shared.holdBudget.limit = next.limits.holdBudget;
       runtime = createRuntime(next, shared);
     },
     async drain() {

@@ -10,6 +10,7 @@ import { checkOrigin } from '../policies/origin.js';
 import { BEARER_MARKER, findToken, takeProtocolTokens } from '../policies/token.js';
 import { MESSAGE_OK, MESSAGE_REFUSE } from '../frames/inspector.js';
 import { TokenBucket } from '../limits/bucket.js';
+import type { HoldBudget } from '../limits/hold-budget.js';
 import type { Lease, LimitStore, SharedBucket } from '../limits/store.js';
 import { dialUpstream, type DialResult } from '../proxy/dial.js';
 import { Session } from '../proxy/session.js';
@@ -32,6 +33,8 @@ export interface UpgradeDeps {
   forwardContext: (req: IncomingMessage) => ForwardContext;
   /** Connection counts and rates. */
   store: LimitStore;
+  /** Bytes of compressed messages held while measured, all sessions of the process together. */
+  holdBudget: HoldBudget;
   /** True once the guard is draining: new upgrades are refused with 503, and one dialled meanwhile is closed with 1001. */
   draining: () => boolean;
   /** Sockets between the upgrade event and their session (or refusal): the listener's shutdown ends them. */
@@ -291,6 +294,7 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
       upstreamHead: result.head,
       compressed: result.compressed,
       clientNoContextTakeover: result.clientNoContextTakeover,
+      holdBudget: deps.holdBudget,
       closeTimeoutMs: config.timeouts.close,
       expiresAt,
       messageLimits: {
