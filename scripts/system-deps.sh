@@ -3,11 +3,12 @@
 # `npm test`): what is installed is left alone; what is missing is installed with apt-get when this runs as
 # root on a machine that has it, otherwise one line says what to install and the script exits 1.
 #   python3-fastapi python3-uvicorn python3-websockets: the real upstream app and the Python client
+#   python3-socketio python3-engineio: a real Socket.IO app (python-socketio under uvicorn) behind the guard
 #   chromium: the browser tests (Debian's build; no browser is ever downloaded)
 #   nginx-light: /usr/sbin/nginx running nginx.example.conf in front of ws-guard
 #   openssl: test certificates
 # Only shell builtins and dpkg-query, id and apt-get are used (test/setup.test.ts runs it against stand-ins).
-PACKAGES="python3-fastapi python3-uvicorn python3-websockets chromium nginx-light openssl"
+PACKAGES="python3-fastapi python3-uvicorn python3-websockets python3-socketio python3-engineio chromium nginx-light openssl"
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
   echo "ws-guard tests need Debian's packages (dpkg-query not found): $PACKAGES" >&2

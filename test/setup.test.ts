@@ -67,7 +67,16 @@ function onMachine(machine: Machine) {
 describe('scripts/system-deps.sh', () => {
   it('names the packages the tests use', () => {
     expect([...PACKAGES].sort()).toEqual(
-      ['chromium', 'nginx-light', 'openssl', 'python3-fastapi', 'python3-uvicorn', 'python3-websockets'].sort(),
+      [
+        'chromium',
+        'nginx-light',
+        'openssl',
+        'python3-engineio',
+        'python3-fastapi',
+        'python3-socketio',
+        'python3-uvicorn',
+        'python3-websockets',
+      ].sort(),
     );
   });
 
