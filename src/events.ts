@@ -32,6 +32,19 @@ export interface RefusedEvent {
   durationMs: number;
 }
 
+export interface RequestDone {
+  method: string;
+  /** Request path with token query parameters redacted. */
+  path: string;
+  /** The matched route, undefined when the request was refused before a route was known. */
+  route: string | undefined;
+  ip: string;
+  user: string | undefined;
+  /** The status that went out; undefined when the connection ended before any answer. */
+  status: number | undefined;
+  durationMs: number;
+}
+
 export interface SlotsEvent {
   pool: string;
   ratio: number;
@@ -53,8 +66,10 @@ export type GuardEventMap = {
   /** Slot usage of a pool crossed its warnAt mark upwards. */
   slotsWarning: [SlotsEvent];
   draining: [{ open: number; timeoutMs: number }];
-  /** A plain HTTP request the guard answered itself (upstream down or slow). */
-  httpError: [{ code: ErrorCode; status: number; method: string; path: string; ip: string; detail: string }];
+  /** A plain HTTP request the guard answered itself: a policy refused it, or the upstream failed. */
+  requestRefused: [RefusedEvent & { method: string }];
+  /** A plain HTTP request is over (answered, refused, or the client left): one per request. */
+  requestDone: [RequestDone];
   /** A bug: something threw that should not have. The connection concerned was dropped. */
   internalError: [{ err: unknown; where: string }];
 };

@@ -135,9 +135,14 @@ describe('refusals before the upgrade', () => {
     expect(connect.headers['x-injected']).toBeUndefined();
     expect(decodeURIComponent(connect.headers['x-auth-sub'])).toBe('Łukasz');
 
+    // Plain HTTP is `http: auth` by default on an auth route: the same claims, encoded the same way.
     const t2 = tag();
-    await fetch(`${guard.httpUrl}/hello?tag=${t2}`, { headers: { 'X-Auth-Sub': 'admin' } });
-    expect((await upstream.seen(t2))[0].headers['x-auth-sub']).toBeUndefined();
+    const bearer = `Bearer ${await token({ sub: 'Łukasz', role: 'admin\r\nX-Injected: 1' })}`;
+    await fetch(`${guard.httpUrl}/hello?tag=${t2}`, { headers: { 'X-Auth-Sub': 'admin', Authorization: bearer } });
+    const [request] = await upstream.seen(t2);
+    expect(request.headers['x-auth-sub']).toBe('%C5%81ukasz');
+    expect(request.headers['x-auth-role']).toBe('admin%0D%0AX-Injected: 1');
+    expect(request.headers['x-injected']).toBeUndefined();
   });
 });
 
@@ -250,10 +255,16 @@ describe('forwarded identity', () => {
     expect(connect.headers['x-auth-sub']).toBe('alice');
     expect(connect.headers['x-auth-role']).toBe('["a","b"]');
 
+    // Plain HTTP (`http: auth` by default on an auth route): the claim replaces the client's copy.
     const t2 = tag();
-    await fetch(`${guard.httpUrl}/hello?tag=${t2}`, { headers: { 'X-Auth-Sub': 'admin' } });
+    await fetch(`${guard.httpUrl}/hello?tag=${t2}`, { headers: { 'X-Auth-Sub': 'admin', Authorization: `Bearer ${await token({})}` } });
     const [request] = await upstream.seen(t2);
-    expect(request.headers['x-auth-sub']).toBeUndefined();
+    expect(request.headers['x-auth-sub']).toBe('alice');
+    // On a route without auth (`http: pass`) a client's copy is removed and none is set.
+    const t3 = tag();
+    await fetch(`${guard.httpUrl}/ws/close?tag=${t3}`, { headers: { 'X-Auth-Sub': 'admin' } });
+    const [unauthenticated] = await upstream.seen(t3);
+    expect(unauthenticated.headers['x-auth-sub']).toBeUndefined();
   });
 });
 

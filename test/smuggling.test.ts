@@ -17,6 +17,8 @@ beforeAll(async () => {
   guard = await startTestGuard({
     upstream: upstream.url,
     auth: { jwt: { secret: 'smuggling-secret-long-enough-for-hs256-0123456789', algorithms: ['HS256'], forwardClaims: { sub: 'X-Auth-Sub' } } },
+    // These cases are about framing, not tokens: plain HTTP passes without one, as before `http: auth` was the default.
+    http: 'pass',
   });
 });
 

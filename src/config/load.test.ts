@@ -21,7 +21,9 @@ describe('config', () => {
     expect(config.upstream).toEqual({ host: '127.0.0.1', port: 8000, origin: 'http://127.0.0.1:8000' });
     expect(config.compression).toBe('passthrough');
     expect(config.trustedProxies).toEqual([]);
-    expect(config.timeouts).toEqual({ handshake: 10_000, upstreamConnect: 5_000, upstreamResponse: 10_000, close: 5_000, drain: 30_000 });
+    expect(config.timeouts).toEqual({
+      handshake: 10_000, upstreamConnect: 5_000, upstreamResponse: 10_000, close: 5_000, drain: 30_000, request: 30_000, upstreamHeaders: 60_000,
+    });
     expect(Object.isFrozen(config.timeouts)).toBe(true);
   });
 

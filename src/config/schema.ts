@@ -189,6 +189,13 @@ const timeouts = z
     upstreamResponse: timerDuration.default(10_000),
     close: timerDuration.default(5_000),
     drain: timerDuration.default(30_000),
+    /** Plain HTTP: the whole request body must arrive within this, counted from the request head (408). */
+    request: timerDuration.default(30_000),
+    /**
+     * Plain HTTP: how long the upstream may take to send its response head once the request is sent (504).
+     * Longer than upstreamResponse (an upgrade's) so a long poll (Socket.IO waits up to 25 s) survives.
+     */
+    upstreamHeaders: timerDuration.default(60_000),
   })
   .prefault({});
 
@@ -348,6 +355,16 @@ const limitsShape = z.strictObject({
     .optional(),
   idleTimeout: measuredOrOff(DURATION, { max: TIMER_MAX_MS }).optional(),
   maxLifetime: measuredOrOff(DURATION, { max: TIMER_MAX_MS }).optional(),
+  /** Plain HTTP requests (docs/limits.md): a rate per ip or user, requests in flight per IP, body size. */
+  requests: z
+    .strictObject({
+      rate: rate.optional(),
+      burst: positive.optional(),
+      per: z.enum(['ip', 'user'], { error: 'expected ip or user' }).optional(),
+      concurrent: positive.optional(),
+      body: size.optional(),
+    })
+    .optional(),
 });
 type PartialLimits = z.output<typeof limitsShape>;
 
@@ -357,7 +374,7 @@ type PartialLimits = z.output<typeof limitsShape>;
  */
 function mergeLimits(top: PartialLimits | undefined, own: PartialLimits | undefined): PartialLimits {
   const merged: PartialLimits = { ...top, ...own };
-  for (const group of ['connections', 'handshakes', 'messages'] as const) {
+  for (const group of ['connections', 'handshakes', 'messages', 'requests'] as const) {
     if (top?.[group] && own?.[group]) (merged as Record<string, unknown>)[group] = { ...top[group], ...own[group] };
   }
   // `off` on either side is not merged: a route's `off` wins, and a route's own object replaces a top-level `off`.
@@ -378,9 +395,16 @@ const unlessOff = (value: number | 'off' | undefined) => (value === 'off' ? unde
  */
 const DEFAULT_CONTROL_FRAMES = { rate: { count: 100, periodMs: 1000 }, burst: 200 };
 
+/**
+ * Plain HTTP requests in flight per client address when nothing is configured: far above what a browser
+ * opens to one site (6 per host over HTTP/1.1), low enough that one address cannot hold the app's workers.
+ */
+const DEFAULT_CONCURRENT_REQUESTS = 32;
+
 /** Fills the defaults: a burst of one period's count, 90% warning, control frames 100/s (burst 200). */
 function completeLimits(limits: PartialLimits) {
   const { connections, handshakes, messages } = limits;
+  const requests = limits.requests ?? {};
   return {
     ...limits,
     connections: connections && { ...connections, warnAt: connections.warnAt ?? 0.9 },
@@ -396,6 +420,13 @@ function completeLimits(limits: PartialLimits) {
       : limits.controlFrames === undefined
         ? DEFAULT_CONTROL_FRAMES
         : { ...limits.controlFrames, burst: limits.controlFrames.burst ?? Math.max(1, Math.ceil(limits.controlFrames.rate.count)) },
+    requests: {
+      rate: requests.rate,
+      burst: requests.rate === undefined ? undefined : requests.burst ?? Math.max(1, Math.ceil(requests.rate.count)),
+      per: requests.per ?? ('ip' as const),
+      concurrent: requests.concurrent ?? DEFAULT_CONCURRENT_REQUESTS,
+      body: requests.body,
+    },
     holdBudget: limits.holdBudget ?? DEFAULT_HOLD_BUDGET,
     idleTimeout: unlessOff(limits.idleTimeout),
     maxLifetime: unlessOff(limits.maxLifetime),
@@ -403,12 +434,17 @@ function completeLimits(limits: PartialLimits) {
 }
 export type LimitsConfig = ReturnType<typeof completeLimits>;
 
+const HTTP_MODES = ['auth', 'pass', 'deny'] as const;
+const httpMode = z.enum(HTTP_MODES, { error: 'expected auth, pass or deny' });
+
 const route = z.strictObject({
   path: z.string().startsWith('/', 'expected a path starting with /'),
   /** false: no authentication on this route; an object: JWT keys merged over the top-level ones. */
   auth: z.union([z.literal(false), z.strictObject({ jwt: partialJwt })], { error: 'expected false or { jwt: {...} }' }).optional(),
   origins: origins.optional(),
   allowNoOrigin: z.boolean().optional(),
+  /** Plain HTTP on this route: auth (default where the route has auth), pass, or deny (404). */
+  http: httpMode.optional(),
   /** Merged over the top-level limits; a route's own `connections` is a pool of its own (see docs/limits.md). */
   limits: limitsShape.optional(),
 });
@@ -427,6 +463,8 @@ export const configSchema = z
     auth: auth.optional(),
     origins: origins.optional(),
     allowNoOrigin: z.boolean().default(false),
+    /** Plain HTTP where no route says otherwise: auth (default where there is auth), pass, or deny (404). */
+    http: httpMode.optional(),
     routes: z.array(route).default([]),
     limits: limitsShape.optional(),
   })
@@ -449,6 +487,7 @@ export const configSchema = z
         auth: routeAuth,
         origins: r.origins ?? config.origins,
         allowNoOrigin: r.allowNoOrigin ?? config.allowNoOrigin,
+        http: r.http ?? config.http,
         limits: completeLimits(mergeLimits(config.limits, r.limits)),
         /** Whether this route counts its connections in a pool of its own, besides the global one. */
         ownConnectionPool: r.limits?.connections !== undefined,

@@ -26,7 +26,14 @@ export function attachLogger(events: GuardEvents, logger: Logger): void {
     );
   });
   events.on('slotsWarning', (e) => logger.warn({ pool: e.pool || '(all)', usage: e.ratio, warnAt: e.warnAt }, 'connection slots nearly exhausted'));
-  events.on('httpError', (e) => logger.warn(e, 'http request failed'));
+  events.on('requestRefused', (e) => {
+    const route = e.route === undefined ? undefined : routeName(e.route);
+    const line = { code: e.code, status: e.status, method: e.method, ip: e.ip, path: e.path, route, detail: e.detail };
+    // The guard's own refusals are the audit trail; an upstream that failed is an operator's warning.
+    if (e.status >= 500) logger.warn(line, 'request failed');
+    else logger.info(line, 'request refused');
+  });
+  events.on('requestDone', (e) => logger.debug({ ...e, route: e.route === undefined ? undefined : routeName(e.route) }, 'request done'));
   events.on('draining', (e) => logger.info(e, 'draining'));
   events.on('internalError', (e) => logger.error({ err: e.err, where: e.where }, 'internal error'));
 }

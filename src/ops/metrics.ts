@@ -141,6 +141,18 @@ export function createMetrics(config: GuardConfig, events: GuardEvents, guard: (
     handshake.observe({ outcome: 'refused' }, e.durationMs / 1000);
   });
   events.on('upstreamRefused', (e) => rejections.inc(upstreamRefusalLabels(e.status)));
+  const requests = new Counter({
+    name: 'ws_guard_http_requests_total', help: 'Plain HTTP requests, by route and status class (none: the client left before any answer)',
+    labelNames: ['route', 'status'], registers: [registry],
+  });
+  const requestRefusals = new Counter({
+    name: 'ws_guard_http_refusals_total', help: 'Plain HTTP requests the guard answered itself, by reason (the error code)',
+    labelNames: ['reason', 'status'], registers: [registry],
+  });
+  events.on('requestDone', (e) => {
+    requests.inc({ route: e.route === undefined ? '(none)' : routeName(e.route), status: e.status === undefined ? 'none' : statusClassLabel(e.status) });
+  });
+  events.on('requestRefused', (e) => requestRefusals.inc(refusalLabels(e.code, e.status)));
   events.on('closed', (e) => {
     activeByRoute.set(e.route, (activeByRoute.get(e.route) ?? 1) - 1);
     closes.inc({ code: closeCodeLabel(e.closeCode), closed_by: closedByLabel(e.closedBy) });

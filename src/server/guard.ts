@@ -11,7 +11,8 @@ import type { LimitStore } from '../limits/store.js';
 import type { Session, SessionEnd } from '../proxy/session.js';
 import { TrustedProxies, normalizeAddress, type ForwardContext } from './forwarded.js';
 import { answering } from './answering.js';
-import { createHttpPassThrough } from './http-proxy.js';
+import { createRequestHandler } from './http-proxy.js';
+import { RequestSlots } from '../policies/requests.js';
 import { listen } from './listen.js';
 import { createRouter, identityHeaderNames } from './routes.js';
 import { createUpgradeHandler, type Handshake } from './upgrade.js';
@@ -70,6 +71,8 @@ interface Shared {
   /** One budget for the process, kept across reloads (a reload may change its size). */
   holdBudget: HoldBudget;
   sessions: Set<Session>;
+  /** Plain requests in flight per route and address, kept across reloads. */
+  inFlight: RequestSlots;
   pending: Set<Socket>;
   nextId: () => number;
   draining: () => boolean;
@@ -84,11 +87,12 @@ function createRuntime(config: GuardConfig, shared: Shared) {
     const peer = normalizeAddress(req.socket.remoteAddress);
     return { peer, trusted: trusted.has(peer), proto, host: req.headers.host };
   };
+  const route = createRouter(config);
   const upgrades = createUpgradeHandler({
     config,
     events: shared.events,
     trusted,
-    route: createRouter(config),
+    route,
     identityHeaders,
     forwardContext,
     store: shared.store,
@@ -104,11 +108,13 @@ function createRuntime(config: GuardConfig, shared: Shared) {
       });
     },
   });
-  const passThrough = createHttpPassThrough(config, shared.events, identityHeaders);
+  const requests = createRequestHandler({
+    config, events: shared.events, trusted, route, identityHeaders, store: shared.store, inFlight: shared.inFlight,
+  });
   return {
     config,
     upgrades,
-    request: (req: IncomingMessage, res: ServerResponse) => passThrough(req, res, forwardContext(req)),
+    request: (req: IncomingMessage, res: ServerResponse) => requests(req, res, forwardContext(req)),
   };
 }
 
@@ -124,7 +130,7 @@ export async function startGuard(config: GuardConfig, options: GuardOptions = {}
   let lastId = 0;
   const shared: Shared = {
     events, store: options.store ?? new MemoryStore(), holdBudget: new HoldBudget(config.limits.holdBudget),
-    sessions, pending, nextId: () => ++lastId, draining: () => draining,
+    sessions, inFlight: new RequestSlots(), pending, nextId: () => ++lastId, draining: () => draining,
   };
   let runtime = createRuntime(config, shared);
 

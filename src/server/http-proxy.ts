@@ -5,10 +5,16 @@ import { GuardError } from '../errors.js';
 import type { GuardEvents } from '../events.js';
 import { isFinalStatus, reasonPhrase, relayableHeaders, upstreamFailure } from '../proxy/answer.js';
 import { armUpstreamDeadlines } from '../proxy/deadlines.js';
+import type { LimitStore } from '../limits/store.js';
+import { claimHeaders, userKey } from '../policies/identity.js';
+import { checkOrigin } from '../policies/origin.js';
+import { BodyLimit, declaredTooLarge, isPreflight, type RequestSlots } from '../policies/requests.js';
+import { findToken } from '../policies/token.js';
 import { pathRedactor } from './redact.js';
-import { upstreamHeaders, type ForwardContext } from './forwarded.js';
+import { upstreamHeaders, type ForwardContext, type TrustedProxies } from './forwarded.js';
 import { headerCount } from './handshake.js';
-import { parseTarget, routingPath } from './target.js';
+import type { Route } from './routes.js';
+import { parseTarget, routingPath, type Target } from './target.js';
 
 /**
  * The framing of the body the client sent, as Node's parser read it, for the upstream request. The
@@ -29,51 +35,118 @@ function bodyFraming(req: IncomingMessage): [string, string] | null {
   return ['Content-Length', length.trim()];
 }
 
+export interface RequestDeps {
+  config: GuardConfig;
+  events: GuardEvents;
+  trusted: TrustedProxies;
+  route: (pathname: string) => Route;
+  /** Header names filled from claims: client-sent copies never reach the upstream. */
+  identityHeaders: ReadonlySet<string>;
+  /** Request rates (shared with workers and replicas like the handshake rate). */
+  store: LimitStore;
+  /** Requests in flight per route and address, kept across reloads. */
+  inFlight: RequestSlots;
+}
+
+/** One plain request in progress: what its refusal and its end report. */
+interface Exchange {
+  startedAt: number;
+  method: string;
+  path: string;
+  ip: string;
+  route: Route | undefined;
+  user: string | undefined;
+  /** Ends the upstream leg once one exists: a refusal after the dial (408, 413) must not leave it open. */
+  abort?: () => void;
+}
+
 /**
- * Plain HTTP requests go to the upstream and back as streams: neither body is buffered, and a slow
- * reader on one side slows the other through `pipe`. The upstream sees exactly the request the client
+ * Plain HTTP requests, through the route's policies in order (design.md §1): a well-formed target, the
+ * route (`http: deny` → 404), the client address, the Origin, the token (`http: auth`), the request rate,
+ * the requests in flight, the body size; then the upstream. CORS preflights skip Origin, token and rate:
+ * they carry no credentials and are the app's to answer. Both bodies are streamed, never buffered, and a
+ * slow reader on one side slows the other through `pipe`. The upstream sees exactly the request the client
  * made, one for one: its target is checked like an upgrade's, its body carries explicit framing, and
  * `Expect` was already answered by Node's server.
  */
-export function createHttpPassThrough(config: GuardConfig, events: GuardEvents, identityHeaders: ReadonlySet<string>) {
+export function createRequestHandler(deps: RequestDeps) {
+  const { config, events } = deps;
   const logPath = pathRedactor(config);
   const agent = new http.Agent({ keepAlive: true, maxFreeSockets: 64 });
-  const dropped = new Set([...identityHeaders, 'content-length', 'expect']);
+  const dropped = new Set([...deps.identityHeaders, 'content-length', 'expect']);
 
-  return function passThrough(req: IncomingMessage, res: ServerResponse, ctx: ForwardContext): void {
-    const refuse = (err: GuardError) => {
-      events.emit('httpError', { code: err.code, status: err.status, method: req.method ?? '', path: logPath(req.url), ip: ctx.peer, detail: err.message });
-      if (res.headersSent) {
-        res.destroy();
-        return;
-      }
-      // The request's body may be unread: the connection cannot carry another request after this answer.
-      res.shouldKeepAlive = false;
-      res.writeHead(err.status, { 'Content-Type': 'text/plain; charset=utf-8', Connection: 'close', 'X-WS-Guard-Error': err.code, ...err.headers });
-      res.end(`${err.message}\n`);
-    };
-
-    // A write that fails after the answer began can only end this client's connection.
-    res.on('error', () => res.destroy());
-    const target = parseTarget(req.url);
-    if (target === null || routingPath(target.path) === null) {
-      refuse(new GuardError('BAD_REQUEST', target === null ? 'request target is not an origin-form path in visible ASCII' : 'ambiguous request target'));
+  /** The one place a refusal of a plain request becomes an answer. */
+  const refuse = (req: IncomingMessage, res: ServerResponse, ex: Exchange, err: GuardError) => {
+    events.emit('requestRefused', {
+      code: err.code, status: err.status, method: ex.method, ip: ex.ip, path: ex.path, route: ex.route?.path,
+      detail: err.message, durationMs: Date.now() - ex.startedAt,
+    });
+    ex.abort?.();
+    if (res.headersSent) {
+      res.destroy();
       return;
     }
+    // The request's body may be unread: the connection cannot carry another request after this answer.
+    res.shouldKeepAlive = false;
+    res.writeHead(err.status, { 'Content-Type': 'text/plain; charset=utf-8', Connection: 'close', 'X-WS-Guard-Error': err.code, ...err.headers });
+    res.end(`${err.message}\n`);
+    // A body still arriving is read and dropped, so the answer is not lost to a reset; the close ends it.
+    req.resume();
+  };
+
+  /** The route's policies for this request; throws the refusal. Returns the claim headers to set. */
+  async function admit(req: IncomingMessage, ex: Exchange, route: Route, target: Target): Promise<string[]> {
+    if (route.http === 'deny') throw new GuardError('HTTP_DENIED');
+    const preflight = isPreflight(req.method, req.headers);
+    const claims: string[] = [];
+    if (!preflight) {
+      checkOrigin(req, route);
+      if (route.http === 'auth' && route.auth !== undefined) {
+        const { jwt, verify } = route.auth;
+        const found = findToken(req, jwt, target, []);
+        if (found === undefined) throw new GuardError('TOKEN_MISSING');
+        const identity = await verify(found.token);
+        claims.push(...claimHeaders(identity.claims, jwt.forwardClaims));
+        ex.user = userKey(identity.claims) ?? undefined;
+      }
+      const { rate, burst, per } = route.limits.requests;
+      if (rate !== undefined && burst !== undefined) {
+        // Without a verified user, "per user" falls back to the client address.
+        const who = per === 'user' && ex.user !== undefined ? `user:${ex.user}` : `ip:${ex.ip}`;
+        const waitMs = await deps.store.takeHandshake(`request|${route.path}|${who}`, rate, burst);
+        if (waitMs > 0) throw new GuardError('REQUEST_RATE', who, { 'Retry-After': String(Math.ceil(waitMs / 1000)) });
+      }
+    }
+    if (declaredTooLarge(req.headers['content-length'], route.limits.requests.body)) {
+      throw new GuardError('BODY_TOO_LARGE', `Content-Length ${req.headers['content-length']}`);
+    }
+    return claims;
+  }
+
+  async function serve(req: IncomingMessage, res: ServerResponse, ctx: ForwardContext, ex: Exchange): Promise<void> {
+    const target = parseTarget(req.url);
+    if (target === null) throw new GuardError('BAD_REQUEST', 'request target is not an origin-form path in visible ASCII');
+    const pathname = routingPath(target.path);
+    if (pathname === null) throw new GuardError('BAD_REQUEST', 'ambiguous request target');
     // Node keeps the first of several Host lines while all of them would be forwarded: the app could pick
     // another host than the one the guard sent as X-Forwarded-Host (RFC 9112 §3.2: exactly one).
-    if (headerCount(req, 'host') > 1) {
-      refuse(new GuardError('BAD_REQUEST', 'more than one Host header'));
-      return;
-    }
-    let framing: [string, string] | null;
-    try {
-      framing = bodyFraming(req);
-    } catch (err) {
-      refuse(err as GuardError);
-      return;
-    }
+    if (headerCount(req, 'host') > 1) throw new GuardError('BAD_REQUEST', 'more than one Host header');
+    const framing = bodyFraming(req);
+    const route = deps.route(pathname);
+    ex.route = route;
+    const claims = await admit(req, ex, route, target);
+    if (res.destroyed) return;
+    const release = deps.inFlight.acquire(`${route.path}|${ex.ip}`, route.limits.requests.concurrent);
+    if (release === undefined) throw new GuardError('REQUESTS_IN_FLIGHT', ex.ip, { 'Retry-After': '1' });
+    res.once('close', release);
+    forward(req, res, ctx, ex, framing, claims);
+  }
+
+  function forward(
+    req: IncomingMessage, res: ServerResponse, ctx: ForwardContext, ex: Exchange, framing: [string, string] | null, claims: string[],
+  ): void {
     const headers = upstreamHeaders(req.rawHeaders, ctx, dropped);
+    headers.push(...claims);
     if (framing !== null) headers.push(...framing);
 
     const upstreamReq = http.request({
@@ -84,13 +157,14 @@ export function createHttpPassThrough(config: GuardConfig, events: GuardEvents, 
       headers,
       agent,
     });
-    const fail = (err: GuardError) => {
+    ex.abort = () => {
       disarm();
       upstreamReq.destroy();
-      refuse(err);
     };
-    const { upstreamConnect, upstreamResponse } = config.timeouts;
-    const disarm = armUpstreamDeadlines(upstreamReq, upstreamConnect, upstreamResponse, (what) => {
+    const fail = (err: GuardError) => refuse(req, res, ex, err);
+    // Plain HTTP waits for the answer's head longer than an upgrade does: a long poll is idle by design.
+    const { upstreamConnect, upstreamHeaders: headersMs } = config.timeouts;
+    const disarm = armUpstreamDeadlines(upstreamReq, upstreamConnect, headersMs, (what) => {
       fail(new GuardError('UPSTREAM_TIMEOUT', what));
     });
 
@@ -130,7 +204,61 @@ export function createHttpPassThrough(config: GuardConfig, events: GuardEvents, 
       disarm();
       if (!res.writableFinished) upstreamReq.destroy();
     });
-    if (framing === null) upstreamReq.end();
-    else req.pipe(upstreamReq);
+    if (framing === null) {
+      upstreamReq.end();
+      return;
+    }
+    const limit = ex.route?.limits.requests.body;
+    if (limit === undefined) {
+      req.pipe(upstreamReq);
+      return;
+    }
+    // The chunk that would cross the limit is never forwarded: the upstream sees at most `limit` bytes of
+    // an unfinished body, then its connection is cut, so it never runs the request.
+    const meter = new BodyLimit(limit, () => {
+      req.unpipe(meter);
+      fail(new GuardError('BODY_TOO_LARGE', `more than ${limit} bytes`));
+    });
+    req.pipe(meter).pipe(upstreamReq);
+  }
+
+  return function handle(req: IncomingMessage, res: ServerResponse, ctx: ForwardContext): void {
+    const ex: Exchange = {
+      startedAt: Date.now(),
+      method: req.method ?? '',
+      path: logPath(req.url),
+      ip: deps.trusted.clientAddress(ctx.peer, req.headers['x-forwarded-for']),
+      route: undefined,
+      user: undefined,
+    };
+    // A write that fails after the answer began can only end this client's connection.
+    res.on('error', () => res.destroy());
+    // The whole body must arrive within timeouts.request, counted from the request head (408).
+    const deadline = req.complete ? undefined : setTimeout(() => {
+      if (!req.complete) refuse(req, res, ex, new GuardError('REQUEST_TIMEOUT', `${config.timeouts.request} ms`));
+    }, config.timeouts.request);
+    const stop = () => clearTimeout(deadline);
+    req.once('end', stop);
+    req.once('close', stop);
+    res.once('close', () => {
+      stop();
+      events.emit('requestDone', {
+        method: ex.method, path: ex.path, route: ex.route?.path, ip: ex.ip, user: ex.user,
+        status: res.headersSent ? res.statusCode : undefined, durationMs: Date.now() - ex.startedAt,
+      });
+    });
+    serve(req, res, ctx, ex)
+      .catch((err: unknown) => {
+        if (err instanceof GuardError) {
+          refuse(req, res, ex, err);
+          return;
+        }
+        events.emit('internalError', { err, where: 'request' });
+        refuse(req, res, ex, new GuardError('INTERNAL_ERROR'));
+      })
+      .catch((err: unknown) => {
+        events.emit('internalError', { err, where: 'request refusal' });
+        res.destroy();
+      });
   };
 }

@@ -10,6 +10,19 @@ export interface Route extends OriginPolicyConfig {
   limits: LimitsConfig;
   /** The name of the route's own connection pool, when it sets `limits.connections`. */
   pool: string | undefined;
+  /**
+   * Plain HTTP on this route: `auth` checks the token like an upgrade (only where the route has auth;
+   * without auth it is `pass`), `pass` forwards without a token, `deny` answers 404.
+   */
+  http: HttpMode;
+}
+
+export type HttpMode = 'auth' | 'pass' | 'deny';
+
+/** The route's `http`, else the top level's, else `auth` where there is auth (docs/configuration.md). */
+function httpMode(configured: HttpMode | undefined, auth: Route['auth']): HttpMode {
+  const mode = configured ?? 'auth';
+  return mode === 'auth' && auth === undefined ? 'pass' : mode;
 }
 
 /** `/chat` covers `/chat`, `/chat/` and `/chat/room`, not `/chatroom`. */
@@ -33,17 +46,23 @@ export function createRouter(config: GuardConfig): (pathname: string) => Route {
     }
     return { jwt: auth.jwt, verify };
   };
+  const topAuth = compileAuth(config.auth);
   const fallback: Route = {
-    path: '', auth: compileAuth(config.auth), origins: config.origins, allowNoOrigin: config.allowNoOrigin, limits: config.limits, pool: undefined,
+    path: '', auth: topAuth, origins: config.origins, allowNoOrigin: config.allowNoOrigin, limits: config.limits, pool: undefined,
+    http: httpMode(config.http, topAuth),
   };
-  const routes: Route[] = config.routes.map((r) => ({
-    path: r.path,
-    auth: compileAuth(r.auth),
-    origins: r.origins,
-    allowNoOrigin: r.allowNoOrigin,
-    limits: r.limits,
-    pool: r.ownConnectionPool ? r.path : undefined,
-  }));
+  const routes: Route[] = config.routes.map((r) => {
+    const auth = compileAuth(r.auth);
+    return {
+      path: r.path,
+      auth,
+      origins: r.origins,
+      allowNoOrigin: r.allowNoOrigin,
+      limits: r.limits,
+      pool: r.ownConnectionPool ? r.path : undefined,
+      http: httpMode(r.http, auth),
+    };
+  });
   return (pathname) => routes.find((r) => covers(r.path, pathname)) ?? fallback;
 }
 
