@@ -8,8 +8,12 @@
 //   rate:    { size, rate, conns, warmupMs, durationMs }          fixed offered rate, latency + CPU
 //   pipe:    { size, conns, depth, warmupMs, durationMs }         saturation, `depth` in flight per conn
 //   idle:    { conns, concurrency, settleMs }                     RSS per idle connection
+//   http:    { conns, rate, warmupMs, durationMs, upstreamPort }                plain HTTP/1.1 keep-alive GETs, one in
+//            flight per connection; rate 0: saturation (each answer is followed at once by the next
+//            request), rate N: N req/s offered (a request waits for a free connection if none is idle)
 // Prints exactly one JSON line with the result on stdout (progress on stderr), then exits.
 import { randomBytes } from 'node:crypto';
+import http from 'node:http';
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { cpuMicros, cpuMicrosSum, cpuSplitMicros, minorFaults, rssKiBSum } from './proc.mjs';
@@ -442,7 +446,236 @@ async function idleMode() {
   };
 }
 
-const modes = { rate: rateMode, pipe: pipeMode, idle: idleMode };
+
+/**
+ * One keep-alive HTTP/1.1 client connection with at most one request in flight (no pipelining). The
+ * request is built once; answers are parsed far enough to find their end (Content-Length or chunked).
+ */
+class HttpConn {
+  constructor(port, request, onAnswer, onGone) {
+    this.port = port;
+    this.request = request;
+    this.onAnswer = onAnswer; // (conn, status) after each complete answer
+    this.onGone = onGone; // (conn, err) when the connection closes
+    this.buf = null; // unparsed bytes of the current answer
+    this.sentAt = 0;
+    this.busy = false;
+    this.ready = false;
+    this.socket = null;
+  }
+
+  open() {
+    return new Promise((resolve, reject) => {
+      const socket = net.connect({ host: HOST, port: this.port, noDelay: true });
+      this.socket = socket;
+      socket.once('connect', () => {
+        this.ready = true;
+        resolve(this);
+      });
+      socket.on('error', (err) => {
+        if (!this.ready) reject(err);
+      });
+      socket.on('close', () => {
+        const wasReady = this.ready;
+        this.ready = false;
+        if (wasReady) this.onGone(this);
+      });
+      socket.on('data', (chunk) => {
+        chunksReceived++;
+        this.buf = this.buf === null ? chunk : Buffer.concat([this.buf, chunk]);
+        this.parse();
+      });
+    });
+  }
+
+  send() {
+    this.busy = true;
+    this.sentAt = performance.now();
+    this.socket.write(this.request);
+  }
+
+  /** Consumes one complete answer from `buf` if there is one. */
+  parse() {
+    const buf = this.buf;
+    const end = buf.indexOf('\r\n\r\n');
+    if (end < 0) return;
+    const head = buf.latin1Slice(0, end);
+    const status = Number(head.slice(9, 12));
+    let bodyEnd;
+    const cl = /\r\ncontent-length:[ \t]*(\d+)/i.exec(head);
+    if (cl) {
+      bodyEnd = end + 4 + Number(cl[1]);
+      if (buf.length < bodyEnd) return;
+    } else if (/\r\ntransfer-encoding:[^\r]*chunked/i.test(head)) {
+      let at = end + 4;
+      for (;;) {
+        const eol = buf.indexOf('\r\n', at);
+        if (eol < 0) return;
+        const size = parseInt(buf.latin1Slice(at, eol), 16);
+        at = eol + 2 + size + 2;
+        if (buf.length < at) return;
+        if (size === 0) break; // no trailers are expected
+      }
+      bodyEnd = at;
+    } else fail(new Error(`answer without a length: ${head.split('\r\n')[0]}`));
+    if (bodyEnd !== buf.length) fail(new Error(`unexpected bytes after an answer (${buf.length - bodyEnd})`));
+    this.buf = null;
+    this.busy = false;
+    if (/\r\nconnection:[ \t]*close/i.test(head)) {
+      // The server will close: this connection is done; run.mjs reports the reconnects.
+      this.ready = false;
+      this.socket.destroy();
+      this.onAnswer(this, status, true);
+      return;
+    }
+    this.onAnswer(this, status, false);
+  }
+}
+
+/** [connections accepted, requests answered] by bench/http-upstream.mjs, not counting this query. */
+function upstreamStats(port) {
+  return new Promise((resolve, reject) => {
+    http
+      .get({ host: HOST, port, path: '/_stats', agent: false }, (res) => {
+        let text = '';
+        res.setEncoding('latin1');
+        res.on('data', (d) => (text += d));
+        res.on('end', () => {
+          const [c, r] = text.trim().split(' ').map(Number);
+          resolve([c - 1, r - 1]);
+        });
+      })
+      .on('error', reject);
+  });
+}
+
+async function httpMode() {
+  const { port, conns: nConns, rate = 0, warmupMs, durationMs } = opts;
+  const request = Buffer.from(
+    `GET ${opts.path ?? '/bench'} HTTP/1.1\r\nHost: ${HOST}:${port}\r\n` + (opts.authorization ? `Authorization: Bearer ${opts.authorization}\r\n` : '') + '\r\n',
+    'latin1',
+  );
+  const capacity = 4_000_000;
+  const lat = new Float64Array(capacity);
+  let nLat = 0;
+  let inWindow = false;
+  let answers = 0; // all answers (warm-up included)
+  let windowAnswers = 0;
+  let bad = 0; // answers other than 200
+  let firstBad = 0;
+  let reconnects = 0;
+  let running = true;
+  let backlog = 0; // rate mode: requests due but not yet sent (no idle connection)
+  let outstanding = 0;
+  const idle = []; // rate mode: connections with nothing in flight
+
+  const next = (conn) => {
+    if (!running || !conn.ready) return;
+    if (rate === 0) {
+      conn.send();
+      outstanding++;
+    } else if (backlog > 0) {
+      backlog--;
+      conn.send();
+      outstanding++;
+    } else idle.push(conn);
+  };
+  const replace = (conn) => {
+    reconnects++;
+    const fresh = new HttpConn(port, request, onAnswer, onGone);
+    fresh.open().then(next, (err) => fail(err));
+    conns[conns.indexOf(conn)] = fresh;
+  };
+  const onAnswer = (conn, status, closing) => {
+    const now = performance.now();
+    outstanding--;
+    answers++;
+    if (status !== 200) {
+      bad++;
+      firstBad ||= status;
+    }
+    if (inWindow) {
+      windowAnswers++;
+      if (nLat < capacity) lat[nLat++] = now - conn.sentAt;
+    }
+    if (closing) replace(conn);
+    else next(conn);
+  };
+  const onGone = (conn) => {
+    if (!running) return;
+    if (conn.busy) {
+      outstanding--;
+      if (rate !== 0) backlog++;
+    }
+    const i = idle.indexOf(conn);
+    if (i >= 0) idle.splice(i, 1);
+    replace(conn);
+  };
+
+  const conns = [];
+  for (let i = 0; i < nConns; i++) conns.push(await new HttpConn(port, request, onAnswer, onGone).open());
+
+  let interval = null;
+  if (rate === 0) for (const conn of conns) next(conn);
+  else {
+    for (const conn of conns) idle.push(conn);
+    let sent = 0;
+    const t0 = performance.now();
+    interval = setInterval(() => {
+      let due = Math.floor(((performance.now() - t0) * rate) / 1000) - sent;
+      sent += due;
+      while (due > 0 && idle.length > 0) {
+        const conn = idle.pop();
+        if (!conn.ready) continue;
+        conn.send();
+        outstanding++;
+        due--;
+      }
+      backlog += due;
+    }, 1);
+  }
+
+  await sleep(warmupMs);
+  const c0 = chunksReceived;
+  const up0 = opts.upstreamPort ? await upstreamStats(opts.upstreamPort) : null;
+  inWindow = true;
+  const a = snapshot();
+  await sleep(durationMs);
+  const b = snapshot();
+  inWindow = false;
+  const up1 = opts.upstreamPort ? await upstreamStats(opts.upstreamPort) : null;
+  const chunks = chunksReceived - c0;
+  running = false;
+  if (interval) clearInterval(interval);
+  const drainUntil = performance.now() + 5000;
+  while (outstanding > 0 && performance.now() < drainUntil) await sleep(10);
+  for (const conn of conns) conn.socket.destroy();
+  if (answers === 0) throw new Error('no answer at all');
+  if (bad > 0 && bad === answers) throw new Error(`every answer had status ${firstBad} (is the route authenticated?)`);
+  const sorted = lat.slice(0, nLat).sort();
+  const seconds = (b.t - a.t) / 1000;
+  return {
+    ...cpuReport(a, b, windowAnswers),
+    reqPerS: windowAnswers / seconds,
+    offeredRate: rate || undefined,
+    achievedRate: rate ? windowAnswers / seconds : undefined,
+    conns: nConns,
+    notOk: bad,
+    firstNotOk: firstBad || undefined,
+    reconnects,
+    backlogAtEnd: backlog,
+    lost: outstanding,
+    readsPerReq: chunks / windowAnswers,
+    // upstream connections opened per request in the window (about 0 when the path keeps them alive;
+    // the stats queries themselves are not counted)
+    upstreamConnsPerReq: up0 && up1 ? (up1[0] - up0[0] - 1) / windowAnswers : undefined,
+    upstreamRequests: up0 && up1 ? up1[1] - up0[1] - 1 : undefined,
+    p50Ms: percentile(sorted, 50),
+    p99Ms: percentile(sorted, 99),
+  };
+}
+
+const modes = { rate: rateMode, pipe: pipeMode, idle: idleMode, http: httpMode };
 modes[opts.mode]()
   .then((result) => {
     process.stdout.write(`${JSON.stringify(result)}\n`, () => process.exit(0));

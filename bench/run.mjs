@@ -5,6 +5,7 @@
 // CPU 0 with taskset; the echo upstream (bench/upstream.mjs, `ws`, no compression) and the raw-socket
 // load generator (bench/load.mjs) are pinned to CPU 1. CPU per message is utime+stime of the proxy
 // process(es) from /proc/<pid>/stat across the measured window, divided by the messages echoed in it.
+// Row g does the same for plain HTTP: keep-alive GETs to bench/http-upstream.mjs, CPU per request.
 // See docs/performance.md for what each row means. `node bench/run.mjs --help` lists the flags.
 import { spawn, execFileSync } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -33,6 +34,8 @@ const DEFAULTS = {
   'big-depth': 4,
   'idle-conns': 5000,
   'idle-settle': 2, // s to let the proxy settle before each RSS reading
+  'http-conns': 50, // keep-alive connections for row g, one request in flight on each
+  'http-rate': 0, // offered req/s for row g; 0: saturation (each answer is followed at once by the next request)
   'proxy-cpu': '0',
   'load-cpu': '1',
   guard: 'bin/ws-guard.js', // the ws-guard entry to run (another build can be compared with --guard)
@@ -43,7 +46,7 @@ const DEFAULTS = {
   nginx: '/usr/sbin/nginx',
   json: '', // also write the raw results to this file
   build: false, // run `npx tsc -p tsconfig.build.json` first
-  tests: 'a,b,c,d,e,f', // subset of rows to run (c comes with a)
+  tests: 'a,b,c,d,e,f,g', // subset of rows to run (c comes with a)
   quick: false,
 };
 const QUICK = { reps: 1, duration: 1.2, warmup: 0.5, 'idle-conns': 1000, 'idle-settle': 0.5 };
@@ -70,6 +73,8 @@ Flags (defaults in brackets):
   --big-depth N         messages in flight per connection for row e [${DEFAULTS['big-depth']}]
   --idle-conns N        idle connections for row f [${DEFAULTS['idle-conns']}]
   --idle-settle S       settle time before each RSS reading [${DEFAULTS['idle-settle']}]
+  --http-conns N        keep-alive connections for row g, one request in flight each [${DEFAULTS['http-conns']}]
+  --http-rate N         offered req/s for row g; 0 = saturation [${DEFAULTS['http-rate']}]
   --proxy-cpu LIST      taskset CPU list for the proxy [${DEFAULTS['proxy-cpu']}]
   --load-cpu LIST       taskset CPU list for upstream + load generator [${DEFAULTS['load-cpu']}]
   --upstream ws|raw     echo upstream for rows a-c, f [${DEFAULTS.upstream}]
@@ -78,7 +83,9 @@ Flags (defaults in brackets):
   --guard-node PATH     node binary that runs ws-guard [the bench's own]
   --guard-env LIST      extra environment for ws-guard, KEY=VALUE[,KEY=VALUE...] [none]
   --nginx PATH          nginx binary [${DEFAULTS.nginx}]
-  --tests LIST          rows to run, e.g. a,d,f (c is measured with a) [${DEFAULTS.tests}]
+  --tests LIST          rows to run, e.g. a,d,f or g (c is measured with a) [${DEFAULTS.tests}]
+                        (g: plain HTTP GETs, 30 B answers, through each setup to bench/http-upstream.mjs;
+                        req/s and proxy CPU µs per request)
   --json FILE           also write the raw results as JSON
   --build               run \`npx tsc -p tsconfig.build.json\` before starting
 `;
@@ -104,7 +111,8 @@ function parseArgs(argv) {
       if (value === undefined) throw new Error(`--${arg} needs a value`);
       if (typeof DEFAULTS[arg] === 'number') {
         value = Number(value);
-        if (!Number.isFinite(value) || value <= 0) throw new Error(`--${arg} must be a positive number`);
+        const zeroOk = arg === 'http-rate';
+        if (!Number.isFinite(value) || value < 0 || (value === 0 && !zeroOk)) throw new Error(`--${arg} must be a positive number`);
       }
     }
     given[arg] = value;
@@ -115,7 +123,7 @@ function parseArgs(argv) {
   for (const s of opts.setups) if (!['direct', 'ws-guard', 'policies', 'nginx'].includes(s)) throw new Error(`unknown setup ${s}`);
   for (const k of ['upstream', 'sat-upstream']) if (!['ws', 'raw'].includes(opts[k])) throw new Error(`--${k} must be ws or raw`);
   opts.tests = String(opts.tests).split(',').map((s) => s.trim()).filter(Boolean);
-  for (const t of opts.tests) if (!['a', 'b', 'c', 'd', 'e', 'f'].includes(t)) throw new Error(`unknown row ${t}`);
+  for (const t of opts.tests) if (!['a', 'b', 'c', 'd', 'e', 'f', 'g'].includes(t)) throw new Error(`unknown row ${t}`);
   return opts;
 }
 
@@ -260,7 +268,7 @@ async function waitForPort(port, proc, what) {
 
 async function startUpstream(kind = opts.upstream) {
   const port = await freePort();
-  const script = kind === 'raw' ? 'raw-upstream.mjs' : 'upstream.mjs';
+  const script = { raw: 'raw-upstream.mjs', http: 'http-upstream.mjs', ws: 'upstream.mjs' }[kind];
   const proc = spawnPinned('upstream', opts['load-cpu'], [process.execPath, path.join(BENCH, script), String(port)]);
   await waitForPort(port, proc, 'upstream');
   return { proc, port, pids: [proc.pid] };
@@ -283,12 +291,20 @@ const POLICIES = [
   '  idleTimeout: 5m',
 ];
 
+/**
+ * Row g only (plain HTTP): every bench request comes from 127.0.0.1, and ws-guard admits 32 requests in
+ * flight per address by default, so its configs for row g raise that (limits.requests, which builds before
+ * the plain HTTP work do not know; rows a-f leave it out). policies also limits the request rate per user.
+ */
+const HTTP_LIMITS = ['limits:', '  requests: { concurrent: 100000 }'];
+const HTTP_POLICIES = ['  requests: { rate: 100000000/s, burst: 100000000, per: user, concurrent: 100000 }'];
+
 async function benchToken() {
   const { SignJWT } = await import('jose');
   return new SignJWT({ sub: 'bench' }).setProtectedHeader({ alg: 'HS256' }).setExpirationTime('2h').sign(new TextEncoder().encode(BENCH_SECRET));
 }
 
-async function startWsGuard(upstreamPort, policies = false) {
+async function startWsGuard(upstreamPort, policies = false, http = false) {
   const port = await freePort();
   const dir = mkdtempSync(path.join(tmp, 'ws-guard-'));
   const config = path.join(dir, 'guard.yaml');
@@ -305,7 +321,7 @@ async function startWsGuard(upstreamPort, policies = false) {
       '  upstreamResponse: 10s',
       '  close: 5s',
       '  drain: 2s',
-      ...(policies ? POLICIES : []),
+      ...(policies ? [...POLICIES, ...(http ? HTTP_POLICIES : [])] : http ? HTTP_LIMITS : []),
       '',
     ].join('\n'),
   );
@@ -322,9 +338,9 @@ async function startWsGuard(upstreamPort, policies = false) {
   return { proc, port, pids: [proc.pid], logFile };
 }
 
-function startProxy(setup, upstreamPort) {
+function startProxy(setup, upstreamPort, http = false) {
   if (setup === 'nginx') return startNginx(upstreamPort);
-  return startWsGuard(upstreamPort, setup === 'policies');
+  return startWsGuard(upstreamPort, setup === 'policies', http);
 }
 
 async function startNginx(upstreamPort) {
@@ -354,15 +370,27 @@ http {
     uwsgi_temp_path ${p('uwsgi')};
     scgi_temp_path ${p('scgi')};
 
+    # Plain HTTP (row g) is kept alive on both legs: no request limit per client connection, and an
+    # empty Connection header plus a keepalive pool towards the upstream. Upgrades get "upgrade".
+    keepalive_requests 1000000;
+    keepalive_timeout 600s;
+
     map $http_upgrade $connection_upgrade {
         default upgrade;
-        ''      close;
+        ''      "";
+    }
+
+    upstream bench_upstream {
+        server 127.0.0.1:${upstreamPort};
+        keepalive 256;
+        keepalive_requests 1000000;
+        keepalive_timeout 600s;
     }
 
     server {
         listen 127.0.0.1:${port};
         location / {
-            proxy_pass http://127.0.0.1:${upstreamPort};
+            proxy_pass http://bench_upstream;
             proxy_http_version 1.1;
             proxy_set_header Upgrade $http_upgrade;
             proxy_set_header Connection $connection_upgrade;
@@ -423,7 +451,8 @@ function summarize(runs) {
     out[`${key}Min`] = values[0];
     out[`${key}Max`] = values[values.length - 1];
   }
-  out.lost = runs.reduce((sum, r) => sum + (r.lost ?? 0), 0);
+  // Counts of things that went wrong are totals over the runs, not medians.
+  for (const key of ['lost', 'notOk', 'reconnects']) out[key] = runs.reduce((sum, r) => sum + (r[key] ?? 0), 0);
   return out;
 }
 
@@ -441,11 +470,11 @@ async function benchLoad(results, tests, upstreamKind) {
     for (const setup of opts.setups) {
       if (setup === 'direct') targets[setup] = { port: upstream.port, pids: [] };
       else {
-        const proxy = await startProxy(setup, upstream.port);
+        const proxy = await startProxy(setup, upstream.port, upstreamKind === 'http');
         targets[setup] = { port: proxy.port, pids: proxy.pids, authorization: setup === 'policies' ? await benchToken() : undefined };
       }
     }
-    const base = { otherPids: upstream.pids, warmupMs: opts.warmup * 1000, durationMs: opts.duration * 1000 };
+    const base = { otherPids: upstream.pids, upstreamPort: upstream.port, warmupMs: opts.warmup * 1000, durationMs: opts.duration * 1000 };
     for (const [key, , label, params] of tests) {
       const runs = Object.fromEntries(opts.setups.map((s) => [s, []]));
       for (let rep = 0; rep < opts.reps; rep++) {
@@ -465,6 +494,14 @@ async function benchLoad(results, tests, upstreamKind) {
 const RATE_TESTS = [
   ['small', ['a', 'c'], `a/c fixed rate ${opts.rate} msg/s, ${opts['small-size']} B`, { mode: 'rate', size: opts['small-size'], rate: opts.rate, conns: opts.conns }],
   ['mid', ['b'], `b fixed rate ${opts.rate} msg/s, ${opts['mid-size']} B`, { mode: 'rate', size: opts['mid-size'], rate: opts.rate, conns: opts.conns }],
+];
+const HTTP_TESTS = [
+  [
+    'http',
+    ['g'],
+    `g plain HTTP ${opts['http-rate'] ? `${opts['http-rate']} req/s` : 'saturation'}, ${opts['http-conns']} keep-alive conns x 1 in flight`,
+    { mode: 'http', conns: opts['http-conns'], rate: opts['http-rate'] },
+  ],
 ];
 const SATURATION_TESTS = [
   ['sat', ['d'], `d saturation ${opts['sat-conns']} conns x ${opts['sat-depth']} in flight, ${opts['small-size']} B`, { mode: 'pipe', size: opts['small-size'], conns: opts['sat-conns'], depth: opts['sat-depth'] }],
@@ -518,6 +555,10 @@ function table(results) {
     [`d. saturation msg/s, ${s} B, ${opts['sat-conns']}x${opts['sat-depth']} in flight`, (r) => fmt.int(r.sat?.msgPerS)],
     [`e. MB/s echoed, ${opts['big-size'] / 1024} KiB msgs, ${opts['big-conns']}x${opts['big-depth']}`, (r) => fmt.mb(r.big?.mbPerS)],
     [`f. RSS KiB per idle conn (${fmt.int(opts['idle-conns'])} conns)`, (r) => fmt.kib(r.idle?.kibPerConn)],
+    [
+      `g. plain HTTP req/s / proxy CPU µs/req, ${opts['http-rate'] ? `${fmt.int(opts['http-rate'])} req/s offered` : 'saturation'}, ${opts['http-conns']}x1`,
+      (r) => `${fmt.int(r.http?.reqPerS)} / ${fmt.us(r.http?.proxyUsPerMsg)}`,
+    ],
   ];
   const range = (r, f) => (r ? `${f(r.min)}–${f(r.max)}` : '-');
   const mm = (v, key) => (v ? { min: v[`${key}Min`], max: v[`${key}Max`] } : null);
@@ -534,8 +575,22 @@ function table(results) {
     ['   d / e proxy CPU µs/msg', (r) => `${fmt.us(r.sat?.proxyUsPerMsg)} / ${fmt.us(r.big?.proxyUsPerMsg)}`],
     ['   e proxy CPU in kernel, page faults/msg', (r) => (r.big?.proxySysShare == null ? '-' : `${fmt.pct(r.big.proxySysShare)}, ${r.big.proxyFaultsPerMsg.toFixed(2)}`)],
     ['   f RSS KiB before -> after', (r) => (r.idle ? `${fmt.int(r.idle.rssBeforeKiB)} -> ${fmt.int(r.idle.rssAfterKiB)}` : '-')],
+    [`   g req/s / µs/req range over ${opts.reps} reps`, (r) => `${range(mm(r.http, 'reqPerS'), fmt.int)} / ${range(mm(r.http, 'proxyUsPerMsg'), fmt.us)}`],
+    ['   g proxy core / upstream+load core busy', (r) => `${fmt.pct(r.http?.proxyBusy)} / ${fmt.pct(r.http?.core1Busy)}`],
+    ['   g upstream conns opened per 1,000 req', (r) => (r.http?.upstreamConnsPerReq == null ? '-' : (r.http.upstreamConnsPerReq * 1000).toFixed(1))],
+    ['   g proxy CPU in kernel, latency p50 / p99', (r) => (r.http ? `${fmt.pct(r.http.proxySysShare)}, ${fmt.ms(r.http.p50Ms)} / ${fmt.ms(r.http.p99Ms)}` : '-')],
   ];
-  const all = [...rows, ['', null], ...extra];
+  // Only the rows this run measured (c comes with a); a label names its rows first: "a.", "a / b ...".
+  const ran = new Set([...opts.tests, ...(opts.tests.includes('a') ? ['c'] : [])]);
+  const letters = (label) => {
+    const out = [];
+    for (const w of label.trim().split(' ')) {
+      if (/^[a-g]\.?$/.test(w)) out.push(w[0]);
+      else if (w !== '/') break;
+    }
+    return out;
+  };
+  const all = [...rows, ['', null], ...extra].filter(([label]) => label === '' || letters(label).some((l) => ran.has(l)));
   const data = all.map(([label, f]) => [label, ...cols.map((c) => (f ? cell(c, f) : ''))]);
   const header = ['', ...cols];
   const widths = header.map((h, i) => Math.max(h.length, ...data.map((row) => row[i].length)));
@@ -553,6 +608,9 @@ function warnings(results) {
         if (v.achievedRate && v.achievedRate < v.offeredRate * 0.97) {
           out.push(`${r.setup} ${k}: achieved ${Math.round(v.achievedRate)} msg/s < offered ${v.offeredRate}`);
         }
+        if (v.notOk > 0) out.push(`${r.setup} ${k}: ${v.notOk} answer(s) not 200 (first: ${v.runs?.find((x) => x.firstNotOk)?.firstNotOk})`);
+        if (v.upstreamConnsPerReq > 0.01) out.push(`${r.setup} ${k}: ${(v.upstreamConnsPerReq * 1000).toFixed(0)} new upstream connections per 1,000 requests (not kept alive)`);
+        if (v.reconnects > 0) out.push(`${r.setup} ${k}: ${v.reconnects} keep-alive connection(s) closed and reopened`);
         if (v.stillEchoing !== undefined && v.stillEchoing !== v.conns) {
           out.push(`${r.setup} ${k}: only ${v.stillEchoing}/${v.conns} idle connections still echoed`);
         }
@@ -629,6 +687,7 @@ async function main() {
   const bySetup = Object.fromEntries(opts.setups.map((setup) => [setup, { setup }]));
   await benchLoad(bySetup, RATE_TESTS, opts.upstream);
   await benchLoad(bySetup, SATURATION_TESTS, opts['sat-upstream']);
+  await benchLoad(bySetup, HTTP_TESTS, 'http');
   if (opts.tests.includes('f')) await benchIdle(bySetup);
   const results = Object.values(bySetup);
   const seconds = (Date.now() - t0) / 1000;
@@ -637,7 +696,8 @@ async function main() {
     `rate ${opts.rate} msg/s over ${opts.conns} conns; ${opts.warmup} s warm-up + ${opts.duration} s measured per test, ` +
     `median of ${opts.reps} interleaved rep(s); ` +
     `proxy pinned to CPU ${opts['proxy-cpu']}, echo upstream + raw load generator to CPU ${opts['load-cpu']}; ` +
-    `upstream: ${opts.upstream === 'ws' ? `ws ${info.ws}` : 'raw'} for rows a-c/f, ${opts['sat-upstream'] === 'ws' ? `ws ${info.ws}` : 'raw'} for d/e`;
+    `upstream: ${opts.upstream === 'ws' ? `ws ${info.ws}` : 'raw'} for rows a-c/f, ${opts['sat-upstream'] === 'ws' ? `ws ${info.ws}` : 'raw'} for d/e, ` +
+    'node:http (30 B answers, keep-alive) for g';
   process.stdout.write(
     `\nws-guard bench — node ${info.node}, nginx ${info.nginx}, ${info.cpus}, Linux ${info.kernel}\n${settings}\n\n${table(results)}\n`,
   );
