@@ -204,7 +204,9 @@ describe('ws-guard CLI', () => {
       const status = await new Promise<number>((resolve) => refused.once('unexpected-response', (_q, r) => resolve(r.statusCode!)));
       expect(status).toBe(401);
       refused.on('error', () => {});
-      const res = await fetch(`http://127.0.0.1:${port}/hello`);
+      // Plain HTTP on a route with auth needs the token too (http: auth, the default since plain HTTP is checked).
+      expect((await fetch(`http://127.0.0.1:${port}/hello`)).status).toBe(401);
+      const res = await fetch(`http://127.0.0.1:${port}/hello`, { headers: { Authorization: `Bearer ${token!}` } });
       expect(res.status).toBe(200);
       const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
       child.kill('SIGINT');

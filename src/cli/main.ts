@@ -199,7 +199,8 @@ program
         `  try:  ${client(`${base}/`, `,['bearer','${token}']`)}\n` +
         `  no token, refused with 401:  ${client(`${base}/`, '')}\n` +
         `  route without auth:  ${client(`${base}/public`, '')}\n` +
-        `  HTTP:  curl http://${options.listen}/hello\n` +
+        `  HTTP (the same token; without it 401):  curl -H 'Authorization: Bearer ${token}' http://${options.listen}/hello\n` +
+        `  HTTP on the route without auth:  curl http://${options.listen}/public\n` +
         (config.admin ? `  metrics:  curl http://${config.admin.host}:${config.admin.port}/metrics\n` : '') +
         `  stop with Ctrl-C\n\n`,
     );
