@@ -151,6 +151,45 @@ describe('behind a guard with JWT auth (http: auth)', () => {
   });
 });
 
+describe('a token that expires mid-session (the docs/auth.md recipe: a fresh token in socket.io.opts.query)', () => {
+  let guard: TestGuard;
+  beforeAll(async () => {
+    guard = await startTestGuard({ upstream: app.url, auth: { jwt: JWT }, http: 'auth' });
+  });
+  afterAll(async () => {
+    await guard?.close();
+  });
+
+  it.each([
+    ['polling only: the next request after exp gets 401', ['polling'] as Transports, 'transport error'],
+    ['websocket only: closed with 4001 at exp', ['websocket'] as Transports, 'transport close'],
+  ])('%s; the client reconnects with the fresh token', async (_name, transports, reason) => {
+    const t = tag();
+    const socket = track(
+      sioClient(guard.httpUrl, t, transports, {
+        query: { access_token: await token('frank', 2) },
+        reconnection: true,
+        reconnectionDelay: 100,
+        reconnectionDelayMax: 200,
+      }),
+    );
+    await connected(socket);
+    const firstSid = socket.id;
+    // What the page does ahead of expiry: the Manager builds the next session from these options.
+    (socket.io.opts.query as Record<string, string>).access_token = await token('frank', 300);
+    const gone = new Promise<string>((resolve) => socket.once('disconnect', (r) => resolve(r)));
+    const back = new Promise<unknown>((resolve) => socket.io.once('reconnect', resolve));
+    await new Promise((r) => setTimeout(r, 2_300));
+    if (transports[0] === 'polling') socket.emit('echo', 'after exp'); // an idle poll would wait for the ping
+    expect(await gone).toBe(reason);
+    await back;
+    expect(socket.id).not.toBe(firstSid);
+    expect(await echo(socket, 'renewed')).toEqual({ event: 'renewed', ack: 'renewed' });
+    if (transports[0] === 'polling') expect(guard.logs).toContainEqual(expect.objectContaining({ code: 'TOKEN_EXPIRED', status: 401 }));
+    else expect(guard.logs).toContainEqual(expect.objectContaining({ msg: 'connection closed', user: 'frank', closeCode: 4001 }));
+  }, 15_000);
+});
+
 describe('the message rate limit holds on the websocket transport', () => {
   // The guard counts Engine.IO packets, each a WebSocket message: the CONNECT packet, every event, every pong
   // (one per ping interval), and on an upgrade the probe and the upgrade packet.
