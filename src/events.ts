@@ -1,6 +1,20 @@
 import { EventEmitter } from 'node:events';
-import type { ErrorCode } from './errors.js';
-import type { SessionEnd } from './proxy/session.js';
+import type { CloseReason, ErrorCode } from './errors.js';
+
+/** How a session ended, for the audit trail. */
+export interface SessionEnd {
+  id: number;
+  /** Who started the closing: the client, the upstream, or the guard (with the error code). */
+  closedBy: 'client' | 'upstream' | 'guard';
+  closeCode: number;
+  reason: CloseReason | null;
+  detail: string | undefined;
+  messagesIn: number;
+  messagesOut: number;
+  bytesIn: number;
+  bytesOut: number;
+  durationMs: number;
+}
 
 /** Who a connection is, as far as the guard knows it once the handshake is checked. */
 export interface ConnectionMeta {

@@ -1,6 +1,6 @@
 import type { IncomingMessage } from 'node:http';
 import { GuardError } from '../errors.js';
-import { headerCount } from '../server/handshake.js';
+import { headerCount } from '../http/headers.js';
 
 /** One allowlist entry: an exact origin, or every subdomain of a domain (`https://*.example.org`). */
 export interface OriginPattern {

@@ -1,7 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import { describe, expect, it } from 'vitest';
 import type { JwtConfig } from '../config/schema.js';
-import { parseTarget } from '../server/target.js';
+import { parseTarget } from '../http/target.js';
 import { findToken, takeProtocolTokens } from './token.js';
 
 const jwt = {

@@ -1,8 +1,8 @@
 import type { IncomingMessage } from 'node:http';
 import { GuardError } from '../errors.js';
 import type { JwtConfig } from '../config/schema.js';
-import { headerCount } from '../server/handshake.js';
-import { queryValues, type Target } from '../server/target.js';
+import { headerCount } from '../http/headers.js';
+import { queryValues, type Target } from '../http/target.js';
 
 /** The subprotocol marker: `new WebSocket(url, ["bearer", token])` (design.md §3). */
 export const BEARER_MARKER = 'bearer';

@@ -1,6 +1,6 @@
 import { STATUS_CODES } from 'node:http';
 import { GuardError } from '../errors.js';
-import { withoutHopByHop } from '../server/forwarded.js';
+import { withoutHopByHop } from '../http/headers.js';
 
 /**
  * What an upstream's answer may carry on to the client. The upstream is outside input too (design.md §1):

@@ -1,7 +1,7 @@
 import http, { type IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import { GuardError } from '../errors.js';
-import { acceptFor, headerList } from '../server/handshake.js';
+import { acceptFor, headerList } from '../http/headers.js';
 import { isFinalStatus, upstreamFailure } from './answer.js';
 import { armUpstreamDeadlines } from './deadlines.js';
 

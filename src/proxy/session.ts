@@ -5,6 +5,9 @@ import { InflateCounter } from '../frames/inflate-counter.js';
 import { FrameInspector, compressedAllowance, type MessageLimits } from '../frames/inspector.js';
 import { ERRORS, type CloseReason } from '../errors.js';
 import type { HoldBudget } from '../limits/hold-budget.js';
+import type { SessionEnd } from '../events.js';
+
+export type { SessionEnd };
 
 export interface SessionOptions {
   id: number;
@@ -40,20 +43,6 @@ const CLIENT_STREAM_FAULTS: ReadonlySet<CloseReason> = new Set<CloseReason>([
   'PROTOCOL_VIOLATION', 'MESSAGE_TOO_BIG', 'TOO_MANY_FRAGMENTS', 'INVALID_COMPRESSED', 'MESSAGE_RATE', 'CONTROL_FRAME_RATE',
 ]);
 
-/** How a session ended, for the audit trail. */
-export interface SessionEnd {
-  id: number;
-  /** Who started the closing: the client, the upstream, or the guard (with the error code). */
-  closedBy: 'client' | 'upstream' | 'guard';
-  closeCode: number;
-  reason: CloseReason | null;
-  detail: string | undefined;
-  messagesIn: number;
-  messagesOut: number;
-  bytesIn: number;
-  bytesOut: number;
-  durationMs: number;
-}
 
 /**
  * One proxied WebSocket connection: two sockets, an inspector per direction, and the closing logic.

@@ -1,28 +1,8 @@
 import net from 'node:net';
 import type { GuardConfig } from '../config/schema.js';
+import { FORWARDING, withoutHopByHop } from '../http/headers.js';
 
-/** RFC 9110 §7.6.1 hop-by-hop headers, plus the legacy Proxy-Connection. */
-const HOP_BY_HOP = new Set([
-  'connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization',
-  'te', 'trailer', 'transfer-encoding', 'upgrade',
-]);
-
-/**
- * Headers a Connection header cannot make hop-by-hop: the handshake's own, and the message framing, which
- * must never disappear while the body it frames is forwarded (RFC 9112 §11.2, request smuggling).
- */
-const PROTECTED = new Set(['host', 'sec-websocket-key', 'sec-websocket-version', 'content-length']);
-
-/**
- * Headers that say who the client is or what it asked for; believed only from a trusted proxy, removed
- * otherwise (the first three are then rebuilt). Frameworks honour the others (X-Real-IP for the address,
- * X-Original-URL and X-Rewrite-URL for the route, X-Forwarded-Prefix/-Port for URLs): from a client they
- * would make the app see another client or target than the guard checked.
- */
-const FORWARDING = new Set([
-  'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded',
-  'x-real-ip', 'x-client-ip', 'true-client-ip', 'x-original-url', 'x-rewrite-url', 'x-forwarded-prefix', 'x-forwarded-port',
-]);
+export { withoutHopByHop };
 
 /** `::ffff:127.0.0.1` and `127.0.0.1` are the same client. */
 export function normalizeAddress(address: string | undefined): string {
@@ -70,35 +50,6 @@ export interface ForwardContext {
   host: string | undefined;
 }
 
-/**
- * `X_Auth_Sub` for `X-Auth-Sub`: CGI and WSGI servers (gunicorn, Django, Flask) read `-` and `_` in a name
- * as the same character, so such a header would reach the app as the identity or forwarding header the
- * guard sets. It is removed like the header it imitates.
- */
-function disguised(lower: string, drop: ReadonlySet<string>): boolean {
-  if (!lower.includes('_')) return false;
-  const read = lower.replaceAll('_', '-');
-  return drop.has(read) || FORWARDING.has(read);
-}
-
-/** The headers without hop-by-hop ones (and those the Connection header names), nor any in `drop`. */
-export function withoutHopByHop(rawHeaders: string[], drop: ReadonlySet<string> = new Set()): string[] {
-  const named = new Set<string>();
-  for (let i = 0; i < rawHeaders.length; i += 2) {
-    if (rawHeaders[i]!.toLowerCase() === 'connection') {
-      for (const token of rawHeaders[i + 1]!.split(',')) {
-        const name = token.trim().toLowerCase();
-        if (!PROTECTED.has(name)) named.add(name);
-      }
-    }
-  }
-  const out: string[] = [];
-  for (let i = 0; i < rawHeaders.length; i += 2) {
-    const lower = rawHeaders[i]!.toLowerCase();
-    if (!HOP_BY_HOP.has(lower) && !named.has(lower) && !drop.has(lower) && !disguised(lower, drop)) out.push(rawHeaders[i]!, rawHeaders[i + 1]!);
-  }
-  return out;
-}
 
 /**
  * The request headers for the upstream, as a flat raw list (names keep their case and order): hop-by-hop

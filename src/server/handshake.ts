@@ -1,16 +1,13 @@
-import { createHash } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import { GuardError } from '../errors.js';
+import { acceptFor, headerCount, headerList } from '../http/headers.js';
 
-const GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
+export { acceptFor, headerCount, headerList };
+
 /** RFC 6455 §4.1: the key is 16 random bytes, base64-encoded. */
 const KEY = /^[A-Za-z0-9+/]{22}==$/;
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 
-/** RFC 6455 §4.2.2: the accept value the server must answer for `key`. */
-export function acceptFor(key: string): string {
-  return createHash('sha1').update(key + GUID).digest('base64');
-}
 
 export interface UpgradeRequest {
   key: string;
@@ -18,19 +15,7 @@ export interface UpgradeRequest {
   protocols: string[];
 }
 
-/** How many header lines named `name` (lower case) the request had; `req.headers` hides repeats. */
-export function headerCount(req: IncomingMessage, name: string): number {
-  let n = 0;
-  for (let i = 0; i < req.rawHeaders.length; i += 2) if (req.rawHeaders[i]!.toLowerCase() === name) n++;
-  return n;
-}
 
-/** Splits a comma-separated header list (all copies of it) into trimmed, non-empty entries. */
-export function headerList(value: string | string[] | undefined): string[] {
-  if (value === undefined) return [];
-  const text = Array.isArray(value) ? value.join(',') : value;
-  return text.split(',').map((s) => s.trim()).filter((s) => s.length > 0);
-}
 
 /**
  * The RFC 6455 §4.2.1 checks of a client's opening handshake, in the order of design.md §1. Throws the

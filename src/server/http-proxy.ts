@@ -14,7 +14,7 @@ import { pathRedactor } from './redact.js';
 import { upstreamHeaders, type ForwardContext, type TrustedProxies } from './forwarded.js';
 import { headerCount } from './handshake.js';
 import type { Route } from './routes.js';
-import { parseTarget, routingPath, type Target } from './target.js';
+import { parseTarget, routingPath, type Target } from '../http/target.js';
 
 /**
  * The framing of the body the client sent, as Node's parser read it, for the upstream request. The

@@ -1,5 +1,5 @@
 import type { GuardConfig } from '../config/schema.js';
-import { redactTarget } from './target.js';
+import { redactTarget } from '../http/target.js';
 
 /** Query parameters that may carry a token: their values never reach a log line. */
 export function pathRedactor(config: GuardConfig): (url: string | undefined) => string {

@@ -20,7 +20,7 @@ import { acceptFor, checkUpgrade, headerList } from './handshake.js';
 import { pathRedactor } from './redact.js';
 import { writeRefusal } from './reject.js';
 import type { Route } from './routes.js';
-import { parseTarget, routingPath } from './target.js';
+import { parseTarget, routingPath } from '../http/target.js';
 import { answering } from './answering.js';
 
 export interface UpgradeDeps {
