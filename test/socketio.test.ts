@@ -167,7 +167,7 @@ describe('a token that expires mid-session (the docs/auth.md recipe: a fresh tok
     const t = tag();
     const socket = track(
       sioClient(guard.httpUrl, t, transports, {
-        query: { access_token: await token('frank', 2) },
+        query: { access_token: await token('frank', 3) },
         reconnection: true,
         reconnectionDelay: 100,
         reconnectionDelayMax: 200,
@@ -179,7 +179,7 @@ describe('a token that expires mid-session (the docs/auth.md recipe: a fresh tok
     (socket.io.opts.query as Record<string, string>).access_token = await token('frank', 300);
     const gone = new Promise<string>((resolve) => socket.once('disconnect', (r) => resolve(r)));
     const back = new Promise<unknown>((resolve) => socket.io.once('reconnect', resolve));
-    await new Promise((r) => setTimeout(r, 2_300));
+    await new Promise((r) => setTimeout(r, 3_300));
     if (transports[0] === 'polling') socket.emit('echo', 'after exp'); // an idle poll would wait for the ping
     expect(await gone).toBe(reason);
     await back;
