@@ -125,12 +125,13 @@ describe('behind a guard with JWT auth (http: auth)', () => {
 
     it('token in the Authorization header (extraHeaders): events flow both ways, the app sees X-Auth-Sub on every request', async () => {
       const jwt = await token('alice');
-      // A client-supplied X-Auth-Sub is a spoof: the guard replaces it with the token's sub.
+      // A client-supplied X-Auth-Sub is a spoof: the guard replaces it with the token's sub. So is X_Auth_Sub,
+      // which python-engineio's environ folds into the same HTTP_X_AUTH_SUB the recipe tells the app to read.
       const { welcome, seen } = await roundTrip(guard.httpUrl, transports, {
-        extraHeaders: { Authorization: `Bearer ${jwt}`, 'X-Auth-Sub': 'mallory' },
+        extraHeaders: { Authorization: `Bearer ${jwt}`, 'X-Auth-Sub': 'mallory', X_Auth_Sub: 'mallory' },
       });
       expect(welcome).toEqual({ sub: 'alice', transport: transports[0] });
-      expect(seen.events.filter((e) => e.event === 'connect')).toMatchObject([{ xAuthSub: 'alice' }]);
+      expect(seen.events.filter((e) => e.event === 'connect')).toMatchObject([{ xAuthSub: 'alice', environXAuthSub: 'alice' }]);
       expect(seen.requests.length).toBeGreaterThan(0);
       for (const r of seen.requests) expect(r.xAuthSub, `${r.type} ${r.method} ${r.transport}`).toBe('alice');
     });

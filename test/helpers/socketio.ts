@@ -30,6 +30,8 @@ export interface SeenEvent {
   sid: string;
   transport?: string | null;
   xAuthSub?: string | null;
+  /** environ["HTTP_X_AUTH_SUB"] in the connect handler (python-engineio folds X_Auth_Sub into it too). */
+  environXAuthSub?: string | null;
   authorization?: string | null;
   auth?: unknown;
   data?: unknown;
