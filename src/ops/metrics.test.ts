@@ -72,7 +72,7 @@ describe('metric label values', () => {
   it('the reason and status sets are the catalogue\'s', () => {
     expect(REASON_LABELS).toEqual([...Object.keys(ERRORS), 'UPSTREAM_REFUSED', 'other']);
     expect(STATUS_LABELS).toEqual([
-      '400', '401', '403', '405', '408', '426', '429', '431', '500', '501', '502', '503', '504', '1xx', '2xx', '3xx', '4xx', '5xx', 'other',
+      '400', '401', '403', '404', '405', '408', '413', '426', '429', '431', '500', '501', '502', '503', '504', '1xx', '2xx', '3xx', '4xx', '5xx', 'other',
     ]);
   });
 });
