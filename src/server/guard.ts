@@ -114,7 +114,8 @@ function createRuntime(config: GuardConfig, shared: Shared) {
   return {
     config,
     upgrades,
-    request: (req: IncomingMessage, res: ServerResponse) => requests(req, res, forwardContext(req)),
+    request: (req: IncomingMessage, res: ServerResponse) => requests.handle(req, res, forwardContext(req)),
+    requests,
   };
 }
 
@@ -245,7 +246,9 @@ export async function startGuard(config: GuardConfig, options: GuardOptions = {}
       }
       server.headersTimeout = next.timeouts.handshake;
       shared.holdBudget.limit = next.limits.holdBudget;
+      const old = runtime;
       runtime = createRuntime(next, shared);
+      old.requests.retire();
     },
     async drain() {
       draining = true;
@@ -254,16 +257,21 @@ export async function startGuard(config: GuardConfig, options: GuardOptions = {}
       // The listener closes once its sockets have, which is before the upstream legs and the audit events.
       const done = stopListening().then(settled);
       for (const session of sessions) session.close('SHUTTING_DOWN', 'drain');
-      if (await within(done, timeoutMs)) return;
+      if (await within(done, timeoutMs)) {
+        runtime.requests.retire();
+        return;
+      }
       for (const session of sessions) session.destroy();
       destroyPending();
       server.closeAllConnections();
+      runtime.requests.destroy();
       // Destroyed sockets report their close a loop turn later, then the audit events follow; the exit
       // waits for those a moment, but never hangs on a leg that does not report.
       await within(done, DESTROYED_GRACE_MS);
     },
     async close() {
       const closed = stopListening();
+      runtime.requests.destroy();
       for (const session of sessions) session.destroy();
       destroyPending();
       server.closeAllConnections();

@@ -1,10 +1,10 @@
-import http, { type IncomingMessage, type ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Readable } from 'node:stream';
 import type { GuardConfig } from '../config/schema.js';
 import { GuardError } from '../errors.js';
 import type { GuardEvents } from '../events.js';
-import { isFinalStatus, reasonPhrase, relayableHeaders, upstreamFailure } from '../proxy/answer.js';
-import { armUpstreamDeadlines } from '../proxy/deadlines.js';
+import { isFinalStatus, reasonPhrase, relayableHeaders } from '../proxy/answer.js';
+import { createUpstreamPool, sendUpstream } from '../proxy/upstream-http.js';
 import type { LimitStore } from '../limits/store.js';
 import { claimHeaders, userKey } from '../policies/identity.js';
 import { checkOrigin } from '../policies/origin.js';
@@ -72,7 +72,9 @@ interface Exchange {
 export function createRequestHandler(deps: RequestDeps) {
   const { config, events } = deps;
   const logPath = pathRedactor(config);
-  const agent = new http.Agent({ keepAlive: true, maxFreeSockets: 64 });
+  const pool = createUpstreamPool({
+    origin: config.upstream.origin, connectTimeoutMs: config.timeouts.upstreamConnect, headersTimeoutMs: config.timeouts.upstreamHeaders,
+  });
   const dropped = new Set([...deps.identityHeaders, 'content-length', 'expect']);
 
   /** The one place a refusal of a plain request becomes an answer. */
@@ -131,6 +133,9 @@ export function createRequestHandler(deps: RequestDeps) {
     // Node keeps the first of several Host lines while all of them would be forwarded: the app could pick
     // another host than the one the guard sent as X-Forwarded-Host (RFC 9112 §3.2: exactly one).
     if (headerCount(req, 'host') > 1) throw new GuardError('BAD_REQUEST', 'more than one Host header');
+    // An IP literal without its closing bracket is no host (RFC 3986 §3.2.2); undici cannot send it either.
+    const host = req.headers.host;
+    if (host !== undefined && host.startsWith('[') && !host.includes(']')) throw new GuardError('BAD_REQUEST', 'malformed Host');
     const framing = bodyFraming(req);
     const route = deps.route(pathname);
     ex.route = route;
@@ -147,82 +152,58 @@ export function createRequestHandler(deps: RequestDeps) {
   ): void {
     const headers = upstreamHeaders(req.rawHeaders, ctx, dropped);
     headers.push(...claims);
-    if (framing !== null) headers.push(...framing);
+    // Chunked needs no header: undici sends a stream of unknown length chunked, and states it itself.
+    if (framing !== null && framing[0] === 'Content-Length') headers.push(...framing);
+    const limit = ex.route?.limits.requests.body;
+    let body: Readable | null = null;
+    if (framing !== null && limit === undefined) body = req;
+    else if (framing !== null && limit !== undefined) {
+      // The chunk that would cross the limit is never forwarded: the upstream sees at most `limit` bytes of
+      // an unfinished body, then its connection is cut, so it never runs the request.
+      const meter = new BodyLimit(limit, () => {
+        req.unpipe(meter);
+        refuse(req, res, ex, new GuardError('BODY_TOO_LARGE', `more than ${limit} bytes`));
+      });
+      body = req.pipe(meter);
+    }
 
-    const upstreamReq = http.request({
-      host: config.upstream.host,
-      port: config.upstream.port,
-      method: req.method,
-      path: req.url,
-      headers,
-      agent,
-    });
-    ex.abort = () => {
-      disarm();
-      upstreamReq.destroy();
-    };
-    const fail = (err: GuardError) => refuse(req, res, ex, err);
-    // Plain HTTP waits for the answer's head longer than an upgrade does: a long poll is idle by design.
-    const { upstreamConnect, upstreamHeaders: headersMs } = config.timeouts;
-    const disarm = armUpstreamDeadlines(upstreamReq, upstreamConnect, headersMs, (what) => {
-      fail(new GuardError('UPSTREAM_TIMEOUT', what));
-    });
-
-    let relayed: IncomingMessage | undefined;
-    upstreamReq.on('error', (err: NodeJS.ErrnoException) => {
-      // Bytes after a complete answer (a 204 or 304 "with a body", more than Content-Length) break only
-      // the upstream connection: the pipe still delivers the whole answer to the client.
-      if (relayed?.complete) return;
-      fail(upstreamFailure(err));
-    });
-    // A 101 to a request that asked for no upgrade would turn the pooled connection into a tunnel.
-    upstreamReq.on('upgrade', (_res: IncomingMessage, socket: Socket) => {
-      socket.destroy();
-      fail(new GuardError('UPSTREAM_BAD_RESPONSE', '101 to a request without Upgrade'));
-    });
-    upstreamReq.on('response', (upstreamRes) => {
-      disarm();
-      const status = upstreamRes.statusCode;
-      if (!isFinalStatus(status)) {
-        upstreamRes.destroy();
-        fail(new GuardError('UPSTREAM_BAD_RESPONSE', `status ${status}`));
-        return;
-      }
-      try {
-        res.writeHead(status, reasonPhrase(status, upstreamRes.statusMessage), relayableHeaders(upstreamRes.rawHeaders, status));
-      } catch (err) {
-        upstreamRes.destroy();
-        fail(new GuardError('UPSTREAM_BAD_RESPONSE', (err as Error).message));
-        return;
-      }
-      relayed = upstreamRes;
-      upstreamRes.pipe(res);
-      upstreamRes.on('error', () => res.destroy());
+    let relaying = false;
+    ex.abort = sendUpstream(pool, { method: req.method ?? 'GET', path: req.url ?? '/', headers, body }, {
+      onHead(status, reason, rawHeaders) {
+        if (!isFinalStatus(status)) {
+          refuse(req, res, ex, new GuardError('UPSTREAM_BAD_RESPONSE', `status ${status}`));
+          return false;
+        }
+        try {
+          res.writeHead(status, reasonPhrase(status, reason), relayableHeaders(rawHeaders, status));
+        } catch (err) {
+          refuse(req, res, ex, new GuardError('UPSTREAM_BAD_RESPONSE', (err as Error).message));
+          return false;
+        }
+        relaying = true;
+        return true;
+      },
+      onData(chunk, resume) {
+        if (res.write(chunk)) return true;
+        res.once('drain', resume);
+        return false;
+      },
+      onEnd() {
+        res.end();
+      },
+      onError(err) {
+        // Mid-body, the answer cannot be replaced: the client's connection ends, as the upstream's did.
+        if (relaying) res.destroy();
+        else refuse(req, res, ex, err);
+      },
     });
     // A client that leaves mid-request must not leave the upstream request hanging.
-    res.on('close', () => {
-      disarm();
-      if (!res.writableFinished) upstreamReq.destroy();
+    res.once('close', () => {
+      if (!res.writableFinished) ex.abort?.();
     });
-    if (framing === null) {
-      upstreamReq.end();
-      return;
-    }
-    const limit = ex.route?.limits.requests.body;
-    if (limit === undefined) {
-      req.pipe(upstreamReq);
-      return;
-    }
-    // The chunk that would cross the limit is never forwarded: the upstream sees at most `limit` bytes of
-    // an unfinished body, then its connection is cut, so it never runs the request.
-    const meter = new BodyLimit(limit, () => {
-      req.unpipe(meter);
-      fail(new GuardError('BODY_TOO_LARGE', `more than ${limit} bytes`));
-    });
-    req.pipe(meter).pipe(upstreamReq);
   }
 
-  return function handle(req: IncomingMessage, res: ServerResponse, ctx: ForwardContext): void {
+  function handle(req: IncomingMessage, res: ServerResponse, ctx: ForwardContext): void {
     const ex: Exchange = {
       startedAt: Date.now(),
       method: req.method ?? '',
@@ -260,5 +241,13 @@ export function createRequestHandler(deps: RequestDeps) {
         events.emit('internalError', { err, where: 'request refusal' });
         res.destroy();
       });
+  }
+
+  return {
+    handle,
+    /** After a reload: requests in flight finish, then the pool's connections close. */
+    retire: () => void pool.close().catch(() => {}),
+    /** On close: every upstream connection ends now. */
+    destroy: () => void pool.destroy().catch(() => {}),
   };
 }
