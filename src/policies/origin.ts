@@ -1,6 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import { GuardError } from '../errors.js';
 import { headerCount } from '../http/headers.js';
+import type { Policy } from './policy.js';
 
 /** One allowlist entry: an exact origin, or every subdomain of a domain (`https://*.example.org`). */
 export interface OriginPattern {
@@ -66,4 +67,15 @@ export function checkOrigin(req: IncomingMessage, config: OriginPolicyConfig): v
   if (!config.origins.some((pattern) => matches(pattern, origin))) {
     throw new GuardError('ORIGIN_DENIED', origin.origin);
   }
+}
+
+/** The Origin allowlist as a policy: on every upgrade, and on every plain request but a CORS preflight. */
+export function originPolicy(config: OriginPolicyConfig): Policy {
+  return {
+    name: 'origin',
+    onHandshake: (ctx) => checkOrigin(ctx.req, config),
+    onRequest: (ctx) => {
+      if (!ctx.preflight) checkOrigin(ctx.req, config);
+    },
+  };
 }

@@ -1,3 +1,5 @@
+import { GuardError } from '../errors.js';
+import type { Policy } from './policy.js';
 import { Transform, type TransformCallback } from 'node:stream';
 
 /**
@@ -66,4 +68,37 @@ export function declaredTooLarge(contentLength: string | undefined, limit: numbe
 /** A CORS preflight (Fetch §3.2.2): OPTIONS with Access-Control-Request-Method. It carries no credentials. */
 export function isPreflight(method: string | undefined, headers: Record<string, unknown>): boolean {
   return method === 'OPTIONS' && headers['access-control-request-method'] !== undefined;
+}
+
+/** `http: deny`: a plain request on this route is answered 404 and the upstream never dialled. */
+export function httpDenyPolicy(): Policy {
+  return {
+    name: 'http-deny',
+    onRequest() {
+      throw new GuardError('HTTP_DENIED');
+    },
+  };
+}
+
+/** Requests in flight per client address on a route (429); the slot comes back when the answer is over. */
+export function requestSlotsPolicy(slots: RequestSlots, route: string, concurrent: number): Policy {
+  return {
+    name: 'requests-in-flight',
+    onRequest(ctx) {
+      const release = slots.acquire(`${route}|${ctx.ip}`, concurrent);
+      if (release === undefined) throw new GuardError('REQUESTS_IN_FLIGHT', ctx.ip, { 'Retry-After': '1' });
+      ctx.releases.push(release);
+    },
+  };
+}
+
+/** A declared body over the limit is refused (413) before the upstream is dialled; a chunked one is metered on the way (BodyLimit). */
+export function bodySizePolicy(limit: number): Policy {
+  return {
+    name: 'body-size',
+    onRequest(ctx) {
+      const length = ctx.req.headers['content-length'];
+      if (declaredTooLarge(length, limit)) throw new GuardError('BODY_TOO_LARGE', `Content-Length ${length}`);
+    },
+  };
 }

@@ -5,6 +5,15 @@ import { acceptFor, headerList } from '../http/headers.js';
 import { isFinalStatus, upstreamFailure } from './answer.js';
 import { armUpstreamDeadlines } from './deadlines.js';
 
+/**
+ * The extension offers the upstream may see: only permessage-deflate, since the inspector must understand
+ * every RSV bit in use (RFC 6455 §5.2), and none at all with `compression: off`.
+ */
+export function deflateOffers(offered: string | string[] | undefined, compression: 'passthrough' | 'off'): string[] {
+  if (compression === 'off') return [];
+  return headerList(offered).filter((e) => /^permessage-deflate\s*(;|$)/i.test(e));
+}
+
 export interface DialOptions {
   host: string;
   port: number;

@@ -13,6 +13,7 @@ import { TrustedProxies, normalizeAddress, type ForwardContext } from './forward
 import { answering } from './answering.js';
 import { createRequestHandler } from './http-proxy.js';
 import { RequestSlots } from '../policies/requests.js';
+import { SlotWarnings } from '../policies/slots.js';
 import { listen } from './listen.js';
 import { createRouter, identityHeaderNames } from './routes.js';
 import { createUpgradeHandler, type Handshake } from './upgrade.js';
@@ -87,7 +88,8 @@ function createRuntime(config: GuardConfig, shared: Shared) {
     const peer = normalizeAddress(req.socket.remoteAddress);
     return { peer, trusted: trusted.has(peer), proto, host: req.headers.host };
   };
-  const route = createRouter(config);
+  const warnings = new SlotWarnings((pool, ratio, warnAt) => shared.events.emit('slotsWarning', { pool, ratio, warnAt }));
+  const route = createRouter(config, { store: shared.store, inFlight: shared.inFlight, warnings });
   const upgrades = createUpgradeHandler({
     config,
     events: shared.events,
@@ -95,7 +97,6 @@ function createRuntime(config: GuardConfig, shared: Shared) {
     route,
     identityHeaders,
     forwardContext,
-    store: shared.store,
     holdBudget: shared.holdBudget,
     draining: shared.draining,
     pending: shared.pending,
@@ -109,7 +110,7 @@ function createRuntime(config: GuardConfig, shared: Shared) {
     },
   });
   const requests = createRequestHandler({
-    config, events: shared.events, trusted, route, identityHeaders, store: shared.store, inFlight: shared.inFlight,
+    config, events: shared.events, trusted, route, identityHeaders,
   });
   return {
     config,

@@ -5,16 +5,13 @@ import { GuardError } from '../errors.js';
 import type { GuardEvents } from '../events.js';
 import { isFinalStatus, reasonPhrase, relayableHeaders } from '../proxy/answer.js';
 import { createUpstreamPool, sendUpstream } from '../proxy/upstream-http.js';
-import type { LimitStore } from '../limits/store.js';
-import { claimHeaders, userKey } from '../policies/identity.js';
-import { checkOrigin } from '../policies/origin.js';
-import { BodyLimit, declaredTooLarge, isPreflight, type RequestSlots } from '../policies/requests.js';
-import { findToken } from '../policies/token.js';
+import { admission, releaseAll } from '../policies/policy.js';
+import { BodyLimit, isPreflight } from '../policies/requests.js';
 import { pathRedactor } from './redact.js';
 import { upstreamHeaders, type ForwardContext, type TrustedProxies } from './forwarded.js';
 import { headerCount } from './handshake.js';
 import type { Route } from './routes.js';
-import { parseTarget, routingPath, type Target } from '../http/target.js';
+import { parseTarget, routingPath } from '../http/target.js';
 
 /**
  * The framing of the body the client sent, as Node's parser read it, for the upstream request. The
@@ -42,10 +39,6 @@ export interface RequestDeps {
   route: (pathname: string) => Route;
   /** Header names filled from claims: client-sent copies never reach the upstream. */
   identityHeaders: ReadonlySet<string>;
-  /** Request rates (shared with workers and replicas like the handshake rate). */
-  store: LimitStore;
-  /** Requests in flight per route and address, kept across reloads. */
-  inFlight: RequestSlots;
 }
 
 /** One plain request in progress: what its refusal and its end report. */
@@ -96,35 +89,6 @@ export function createRequestHandler(deps: RequestDeps) {
     req.resume();
   };
 
-  /** The route's policies for this request; throws the refusal. Returns the claim headers to set. */
-  async function admit(req: IncomingMessage, ex: Exchange, route: Route, target: Target): Promise<string[]> {
-    if (route.http === 'deny') throw new GuardError('HTTP_DENIED');
-    const preflight = isPreflight(req.method, req.headers);
-    const claims: string[] = [];
-    if (!preflight) {
-      checkOrigin(req, route);
-      if (route.http === 'auth' && route.auth !== undefined) {
-        const { jwt, verify } = route.auth;
-        const found = findToken(req, jwt, target, []);
-        if (found === undefined) throw new GuardError('TOKEN_MISSING');
-        const identity = await verify(found.token);
-        claims.push(...claimHeaders(identity.claims, jwt.forwardClaims));
-        ex.user = userKey(identity.claims) ?? undefined;
-      }
-      const { rate, burst, per } = route.limits.requests;
-      if (rate !== undefined && burst !== undefined) {
-        // Without a verified user, "per user" falls back to the client address.
-        const who = per === 'user' && ex.user !== undefined ? `user:${ex.user}` : `ip:${ex.ip}`;
-        const waitMs = await deps.store.takeHandshake(`request|${route.path}|${who}`, rate, burst);
-        if (waitMs > 0) throw new GuardError('REQUEST_RATE', who, { 'Retry-After': String(Math.ceil(waitMs / 1000)) });
-      }
-    }
-    if (declaredTooLarge(req.headers['content-length'], route.limits.requests.body)) {
-      throw new GuardError('BODY_TOO_LARGE', `Content-Length ${req.headers['content-length']}`);
-    }
-    return claims;
-  }
-
   async function serve(req: IncomingMessage, res: ServerResponse, ctx: ForwardContext, ex: Exchange): Promise<void> {
     const target = parseTarget(req.url);
     if (target === null) throw new GuardError('BAD_REQUEST', 'request target is not an origin-form path in visible ASCII');
@@ -139,11 +103,27 @@ export function createRequestHandler(deps: RequestDeps) {
     const framing = bodyFraming(req);
     const route = deps.route(pathname);
     ex.route = route;
-    const claims = await admit(req, ex, route, target);
-    if (res.destroyed) return;
-    const release = deps.inFlight.acquire(`${route.path}|${ex.ip}`, route.limits.requests.concurrent);
-    if (release === undefined) throw new GuardError('REQUESTS_IN_FLIGHT', ex.ip, { 'Retry-After': '1' });
-    res.once('close', release);
+    const admitted = admission(req, target, ex.ip, [], isPreflight(req.method, req.headers));
+    // What the policies take (a slot in flight) comes back when the answer is over, however it ends.
+    let over = false;
+    res.once('close', () => {
+      over = true;
+      releaseAll(admitted);
+    });
+    try {
+      for (const policy of route.policies) {
+        if (policy.onRequest === undefined) continue;
+        await policy.onRequest(admitted);
+        // The client left while a policy waited: what the policies took goes back, nothing is dialled.
+        if (over) {
+          releaseAll(admitted);
+          return;
+        }
+      }
+    } finally {
+      ex.user = admitted.user;
+    }
+    const claims = admitted.claimHeaders;
     forward(req, res, ctx, ex, framing, claims);
   }
 

@@ -1,6 +1,13 @@
 import type { GuardConfig, JwtConfig, LimitsConfig } from '../config/schema.js';
+import type { LimitStore } from '../limits/store.js';
+import { authPolicy } from '../policies/auth.js';
 import { createJwtVerifier, type VerifyToken } from '../policies/jwt.js';
-import type { OriginPolicyConfig } from '../policies/origin.js';
+import { messageLimits, type SessionLimits } from '../policies/messages.js';
+import { originPolicy, type OriginPolicyConfig } from '../policies/origin.js';
+import type { Policy } from '../policies/policy.js';
+import { handshakeRatePolicy, requestRatePolicy } from '../policies/rate.js';
+import { bodySizePolicy, httpDenyPolicy, requestSlotsPolicy, type RequestSlots } from '../policies/requests.js';
+import { connectionSlotsPolicy, type SlotPool, type SlotWarnings } from '../policies/slots.js';
 
 export interface Route extends OriginPolicyConfig {
   /** The prefix that matched, '' for the top-level defaults. */
@@ -15,6 +22,50 @@ export interface Route extends OriginPolicyConfig {
    * without auth it is `pass`), `pass` forwards without a token, `deny` answers 404.
    */
   http: HttpMode;
+  /** The route's policies, in the order the server runs them (design.md §1), for upgrades and plain requests. */
+  policies: readonly Policy[];
+  /** The per-message hooks of a new session on this route. */
+  openSession: (ip: string, user: string | undefined) => SessionLimits;
+}
+
+/** What the policies of every route share: the limit store, the requests in flight, the slot warnings. */
+export interface PolicyDeps {
+  store: LimitStore;
+  inFlight: RequestSlots;
+  warnings: SlotWarnings;
+}
+
+type RouteSettings = Omit<Route, 'policies' | 'openSession'>;
+
+/** Whether a limit of this route counts per user, so a token must name one. */
+function needsUser(config: GuardConfig, route: RouteSettings): boolean {
+  return config.limits.connections?.perUser !== undefined
+    || route.limits.connections?.perUser !== undefined
+    || route.limits.messages?.per === 'user';
+}
+
+/**
+ * The policies of one route, built once (Caddy's provision → validate → serve): the order is that of
+ * design.md §1 — `http: deny`, handshake rate, Origin, token, request rate, connection slots, requests in
+ * flight, body size. Each runs on the path it has a hook for.
+ */
+function compilePolicies(config: GuardConfig, route: RouteSettings, deps: PolicyDeps): Policy[] {
+  const { limits } = route;
+  const policies: Policy[] = [];
+  if (route.http === 'deny') policies.push(httpDenyPolicy());
+  if (limits.handshakes !== undefined) policies.push(handshakeRatePolicy(deps.store, route.path, limits.handshakes));
+  policies.push(originPolicy(route));
+  if (route.auth !== undefined) {
+    policies.push(authPolicy({ ...route.auth, needsUser: needsUser(config, route), onRequests: route.http === 'auth' }));
+  }
+  const { rate, burst, per, concurrent, body } = limits.requests;
+  if (rate !== undefined && burst !== undefined) policies.push(requestRatePolicy(deps.store, route.path, { rate, burst, per }));
+  const pools: SlotPool[] = [{ pool: '', limits: config.limits.connections ?? {} }];
+  if (route.pool !== undefined) pools.push({ pool: route.pool, limits: limits.connections ?? {} });
+  policies.push(connectionSlotsPolicy(deps.store, pools, deps.warnings));
+  policies.push(requestSlotsPolicy(deps.inFlight, route.path, concurrent));
+  if (body !== undefined) policies.push(bodySizePolicy(body));
+  return policies;
 }
 
 export type HttpMode = 'auth' | 'pass' | 'deny';
@@ -35,7 +86,7 @@ function covers(prefix: string, pathname: string): boolean {
  * Compiles the routes once: each gets its policy settings and a JWT verifier (shared with the top level
  * when the route did not change auth), so a handshake only looks its route up.
  */
-export function createRouter(config: GuardConfig): (pathname: string) => Route {
+export function createRouter(config: GuardConfig, deps: PolicyDeps): (pathname: string) => Route {
   const verifiers = new Map<JwtConfig, VerifyToken>();
   const compileAuth = (auth: { jwt: JwtConfig } | undefined): Route['auth'] => {
     if (auth === undefined) return undefined;
@@ -46,14 +97,19 @@ export function createRouter(config: GuardConfig): (pathname: string) => Route {
     }
     return { jwt: auth.jwt, verify };
   };
+  const build = (settings: RouteSettings): Route => ({
+    ...settings,
+    policies: compilePolicies(config, settings, deps),
+    openSession: messageLimits(deps.store, settings.path, settings.limits),
+  });
   const topAuth = compileAuth(config.auth);
-  const fallback: Route = {
+  const fallback = build({
     path: '', auth: topAuth, origins: config.origins, allowNoOrigin: config.allowNoOrigin, limits: config.limits, pool: undefined,
     http: httpMode(config.http, topAuth),
-  };
+  });
   const routes: Route[] = config.routes.map((r) => {
     const auth = compileAuth(r.auth);
-    return {
+    return build({
       path: r.path,
       auth,
       origins: r.origins,
@@ -61,7 +117,7 @@ export function createRouter(config: GuardConfig): (pathname: string) => Route {
       limits: r.limits,
       pool: r.ownConnectionPool ? r.path : undefined,
       http: httpMode(r.http, auth),
-    };
+    });
   });
   return (pathname) => routes.find((r) => covers(r.path, pathname)) ?? fallback;
 }

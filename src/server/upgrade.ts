@@ -4,19 +4,17 @@ import type { GuardConfig } from '../config/schema.js';
 import { ERRORS, GuardError } from '../errors.js';
 import { closeFrame } from '../frames/close.js';
 import type { ConnectionMeta, GuardEvents } from '../events.js';
-import { claimHeaders, notAUser, userKey } from '../policies/identity.js';
 import type { Identity } from '../policies/jwt.js';
-import { checkOrigin } from '../policies/origin.js';
-import { BEARER_MARKER, findToken, takeProtocolTokens } from '../policies/token.js';
-import { MESSAGE_OK, MESSAGE_REFUSE } from '../frames/inspector.js';
-import { TokenBucket } from '../limits/bucket.js';
+import { BEARER_MARKER, takeProtocolTokens } from '../policies/token.js';
 import type { HoldBudget } from '../limits/hold-budget.js';
-import type { Lease, LimitStore, SharedBucket } from '../limits/store.js';
-import { dialUpstream, type DialResult } from '../proxy/dial.js';
+import type { SessionLimits } from '../policies/messages.js';
+import { admission, releaseAll } from '../policies/policy.js';
+import { SLOT_RETRY_AFTER_S } from '../policies/slots.js';
+import { deflateOffers, dialUpstream, type DialResult } from '../proxy/dial.js';
 import { Session } from '../proxy/session.js';
 import { reasonPhrase, relayableHeaders } from '../proxy/answer.js';
 import { type TrustedProxies, upstreamHeaders, type ForwardContext } from './forwarded.js';
-import { acceptFor, checkUpgrade, headerList } from './handshake.js';
+import { acceptFor, checkUpgrade } from './handshake.js';
 import { pathRedactor } from './redact.js';
 import { writeRefusal } from './reject.js';
 import type { Route } from './routes.js';
@@ -31,8 +29,6 @@ export interface UpgradeDeps {
   /** Header names filled from claims: client-sent copies never reach the upstream. */
   identityHeaders: ReadonlySet<string>;
   forwardContext: (req: IncomingMessage) => ForwardContext;
-  /** Connection counts and rates. */
-  store: LimitStore;
   /** Bytes of compressed messages held while measured, all sessions of the process together. */
   holdBudget: HoldBudget;
   /** True once the guard is draining: new upgrades are refused with 503, and one dialled meanwhile is closed with 1001. */
@@ -44,20 +40,6 @@ export interface UpgradeDeps {
   /** Called with each new session, which the caller tracks. */
   onSession: (session: Session, meta: ConnectionMeta) => void;
 }
-
-const SLOT_REFUSALS = { total: 'CONNECTIONS_FULL', perIp: 'CONNECTIONS_PER_IP', perUser: 'CONNECTIONS_PER_USER' } as const;
-/** What a refused connection slot asks the client to wait: slots free up as others close, not on a clock. */
-const SLOT_RETRY_AFTER_S = '5';
-
-/** The per-message rate check for one connection: a token per message, or how long to wait for one. */
-function messageCheck(bucket: { take(now: number): boolean; waitMs(now: number): number }, onExceed: 'close' | 'throttle'): () => number {
-  return () => {
-    const now = Date.now();
-    if (bucket.take(now)) return MESSAGE_OK;
-    return onExceed === 'close' ? MESSAGE_REFUSE : Math.max(1, bucket.waitMs(now));
-  };
-}
-
 
 /*
  * Listeners that outlive the handshake are made here, outside the handshake's functions: a closure made
@@ -77,18 +59,18 @@ function forget(pending: Set<Socket>, socket: Socket): () => void {
   return () => pending.delete(socket);
 }
 
-function releaser(lease: Lease, shared: SharedBucket | undefined): () => void {
+function releaser(release: () => void, perMessage: SessionLimits): () => void {
   return () => {
-    lease.release();
-    shared?.release();
+    release();
+    perMessage.release();
   };
 }
 
-/** Whether a limit of this route counts per user, so a token must name one. */
-function needsUser(config: GuardConfig, route: Route): boolean {
-  return config.limits.connections?.perUser !== undefined
-    || route.limits.connections?.perUser !== undefined
-    || route.limits.messages?.per === 'user';
+/** One function that gives back everything in `releases`, once. */
+function once(releases: (() => void)[]): () => void {
+  return () => {
+    for (const release of releases.splice(0)) release();
+  };
 }
 
 /** One handshake in progress: what the refusal and the open events report. */
@@ -108,8 +90,6 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
   const dropped = new Set(['sec-websocket-extensions', 'sec-websocket-protocol', ...deps.identityHeaders]);
   const logPath = pathRedactor(config);
   const { pending } = deps;
-  /** Pools whose usage is at or over their warnAt mark. */
-  const warned = new Set<string>();
 
   /** A refusal answered with an HTTP status (or, with `closeCode`, with a 101 and a close frame). */
   const report = (err: GuardError, hs: Handshake, closeCode?: number) => {
@@ -125,7 +105,6 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
   };
 
   async function upgrade(req: IncomingMessage, socket: Socket, head: Buffer, hs: Handshake): Promise<void> {
-    const { ip } = hs;
     const { key, protocols } = checkUpgrade(req);
     const target = parseTarget(req.url);
     if (target === null) throw new GuardError('BAD_REQUEST', 'request target is not an origin-form path in visible ASCII');
@@ -134,67 +113,43 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
     const route = deps.route(pathname);
     hs.route = route;
     if (deps.draining()) throw new GuardError('SHUTTING_DOWN', undefined, { 'Retry-After': SLOT_RETRY_AFTER_S });
-    const { limits } = route;
-    if (limits.handshakes !== undefined) {
-      const waitMs = await deps.store.takeHandshake(`${route.path}|${ip}`, limits.handshakes.rate, limits.handshakes.burst);
-      if (waitMs > 0) throw new GuardError('HANDSHAKE_RATE', ip, { 'Retry-After': String(Math.ceil(waitMs / 1000)) });
-    }
-    checkOrigin(req, route);
-
-    let identity: Identity | undefined;
-    let user: string | undefined;
-    let tokenInProtocol = false;
-    const identityHeaders: string[] = [];
-    if (route.auth !== undefined) {
-      const { jwt, verify } = route.auth;
-      const protocolTokens = takeProtocolTokens(protocols);
-      tokenInProtocol = protocolTokens.length > 0;
-      try {
-        const found = findToken(req, jwt, target, protocolTokens);
-        if (found === undefined) throw new GuardError('TOKEN_MISSING');
-        identity = await verify(found.token);
-        identityHeaders.push(...claimHeaders(identity.claims, jwt.forwardClaims));
-        const sub = userKey(identity.claims);
-        if ((sub === null || sub === undefined) && needsUser(config, route)) throw notAUser();
-        user = sub ?? undefined;
-      } catch (err) {
-        if (err instanceof GuardError && jwt.onReject === 'close' && err.closeCode !== undefined) {
-          report(err, hs, err.closeCode);
-          acceptThenClose(socket, err, key, tokenInProtocol ? BEARER_MARKER : protocols[0]);
+    // The `bearer` entries are the guard's, on a route with auth: never offered to the app.
+    const protocolTokens = route.auth === undefined ? [] : takeProtocolTokens(protocols);
+    const tokenInProtocol = protocolTokens.length > 0;
+    const ctx = admission(req, target, hs.ip, protocolTokens, false);
+    try {
+      for (const policy of route.policies) {
+        if (policy.onHandshake === undefined) continue;
+        try {
+          await policy.onHandshake(ctx);
+        } catch (err) {
+          if (policy.closeOnReject && err instanceof GuardError && err.closeCode !== undefined) {
+            releaseAll(ctx);
+            report(err, hs, err.closeCode);
+            acceptThenClose(socket, err, key, tokenInProtocol ? BEARER_MARKER : protocols[0]);
+            return;
+          }
+          throw err;
+        }
+        // A client that left while a policy waited (a JWKS fetch can take seconds) gets nothing more.
+        if (clientGone(socket)) {
+          releaseAll(ctx);
+          socket.destroy();
           return;
         }
-        throw err;
       }
-    }
-
-    // A client that left while its token was checked (a JWKS fetch can take seconds) gets nothing more.
-    if (clientGone(socket)) {
-      socket.destroy();
-      return;
-    }
-    const slots = [{ pool: '', limits: config.limits.connections ?? {} }];
-    if (route.pool !== undefined) slots.push({ pool: route.pool, limits: limits.connections ?? {} });
-    const verdict = await deps.store.acquireSlots(slots, ip, user);
-    if (!verdict.ok) throw new GuardError(SLOT_REFUSALS[verdict.refused], undefined, { 'Retry-After': SLOT_RETRY_AFTER_S });
-    if (clientGone(socket)) {
-      verdict.lease.release();
-      socket.destroy();
-      return;
-    }
-    for (const { pool, ratio } of verdict.usage) {
-      const warnAt = (pool === '' ? config.limits.connections?.warnAt : limits.connections?.warnAt) ?? 1;
-      // One event when usage crosses the mark, not one per connection above it.
-      if (ratio < warnAt) warned.delete(pool);
-      else if (!warned.has(pool)) {
-        warned.add(pool);
-        events.emit('slotsWarning', { pool, ratio, warnAt });
-      }
-    }
-    // Every exit from here on gives the slots back: the session's end, or any failure before it exists.
-    try {
-      await connect(req, socket, head, { hs, key, protocols, route, identity, identityHeaders, tokenInProtocol, user }, verdict.lease);
     } catch (err) {
-      verdict.lease.release();
+      releaseAll(ctx);
+      throw err;
+    }
+    // Every exit from here on gives back what the policies took: the session's end, or any failure before it exists.
+    const release = once(ctx.releases.splice(0));
+    try {
+      await connect(req, socket, head, {
+        hs, key, protocols, route, identity: ctx.identity, identityHeaders: ctx.claimHeaders, tokenInProtocol, user: ctx.user,
+      }, release);
+    } catch (err) {
+      release();
       throw err;
     }
   }
@@ -211,15 +166,12 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
   }
 
   /** Dials the upstream for an admitted handshake and, on a valid 101, starts the session. */
-  async function connect(req: IncomingMessage, socket: Socket, head: Buffer, admitted: Admitted, lease: Lease): Promise<void> {
+  async function connect(req: IncomingMessage, socket: Socket, head: Buffer, admitted: Admitted, release: () => void): Promise<void> {
     const { hs, key, protocols, route, identity, identityHeaders, tokenInProtocol, user } = admitted;
     const { ip } = hs;
     const { limits } = route;
     const headers = upstreamHeaders(req.rawHeaders, deps.forwardContext(req), dropped);
-    // Only permessage-deflate is offered on: the inspector must understand every RSV bit in use (RFC 6455 §5.2).
-    const deflate = config.compression === 'passthrough'
-      ? headerList(req.headers['sec-websocket-extensions']).filter((e) => /^permessage-deflate\s*(;|$)/i.test(e))
-      : [];
+    const deflate = deflateOffers(req.headers['sec-websocket-extensions'], config.compression);
     if (deflate.length > 0) headers.push('Sec-WebSocket-Extensions', deflate.join(', '));
     if (protocols.length > 0) headers.push('Sec-WebSocket-Protocol', protocols.join(', '));
     headers.push(...identityHeaders, 'Connection', 'Upgrade', 'Upgrade', 'websocket');
@@ -245,7 +197,7 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
     } catch (err) {
       // The client left while the upstream was dialled: there is no one left to answer.
       if (aborted.signal.aborted) {
-        lease.release();
+        release();
         socket.destroy();
         return;
       }
@@ -256,13 +208,13 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
     }
 
     if (result.kind === 'refused') {
-      lease.release();
+      release();
       events.emit('upstreamRefused', { status: result.response.statusCode ?? 0, ip, path: logPath(req.url) });
       relayRefusal(socket, result.response);
       return;
     }
     if (clientGone(socket)) {
-      lease.release();
+      release();
       result.socket.destroy();
       socket.destroy();
       return;
@@ -276,16 +228,7 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
     socket.write(`${answer}\r\n`, 'latin1');
 
     const expiresAt = identity !== undefined && route.auth?.jwt.expiry === 'close' ? identity.expiresAt : undefined;
-    const rate = limits.messages;
-    let shared: SharedBucket | undefined;
-    if (rate !== undefined && rate.per !== 'connection') {
-      // Without a verified user, "per user" falls back to the client address.
-      const who = rate.per === 'user' && user !== undefined ? `user:${user}` : `ip:${ip}`;
-      shared = deps.store.sharedBucket(`${route.path}|${who}`, rate.rate, rate.burst);
-    }
-    const bucket = rate === undefined ? undefined : shared ?? new TokenBucket(rate.rate, rate.burst, Date.now());
-    const control = limits.controlFrames;
-    const controlBucket = control === undefined ? undefined : new TokenBucket(control.rate, control.burst, Date.now());
+    const perMessage = route.openSession(ip, user);
     const session = new Session({
       id: deps.nextId(),
       client: socket,
@@ -300,13 +243,13 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
       messageLimits: {
         maxMessageBytes: limits.messageSize ?? Infinity,
         maxFragments: limits.maxFragments ?? Infinity,
-        onMessageStart: bucket === undefined ? null : messageCheck(bucket, rate!.onExceed),
-        onControlFrame: controlBucket === undefined ? null : () => controlBucket.take(Date.now()),
+        onMessageStart: perMessage.onMessageStart,
+        onControlFrame: perMessage.onControlFrame,
       },
       idleTimeoutMs: limits.idleTimeout,
       maxLifetimeMs: limits.maxLifetime,
     });
-    session.once('end', releaser(lease, shared));
+    session.once('end', releaser(release, perMessage));
     pending.delete(socket);
     const meta: ConnectionMeta = { ip, path: logPath(req.url), route: route.path, user };
     events.emit('opened', { ...meta, session: session.id, durationMs: Date.now() - hs.startedAt });
