@@ -5,7 +5,7 @@ import { parseConfig } from '../config/load.js';
 import type { GuardError } from '../errors.js';
 import { parseTarget } from '../http/target.js';
 import { MemoryStore } from '../limits/memory-store.js';
-import { authPolicy } from './auth.js';
+import { authPolicy, identityPolicy } from './auth.js';
 import { createJwtVerifier } from './jwt.js';
 import { originPolicy, parseOriginPattern } from './origin.js';
 import { admission, releaseAll, type Admission, type Policy } from './policy.js';
@@ -50,23 +50,29 @@ describe('origin policy', () => {
   });
 });
 
-describe('auth policy', () => {
+describe('auth and identity policies', () => {
   const config = jwt();
   const verify = createJwtVerifier(config);
-  it('sets the identity, the user and the claim headers; refuses a missing token with 401', async () => {
-    const policy = authPolicy({ jwt: config, verify, needsUser: false, onRequests: true });
-    const c = ctx({ Authorization: `Bearer ${await token({ sub: 'alice' })}` });
-    expect(await onRequest(policy, c)).toBe('ok');
+  it('auth verifies one token; identity sets the user and the claim headers; no token → 401', async () => {
+    const auth = authPolicy({ jwt: config, verify, onRequests: true });
+    const identity = identityPolicy({ jwt: config, needsUser: false, onRequests: true });
+    const c = ctx({ Authorization: `Bearer ${await token({ sub: 'alice' })}`, 'X-Auth-Sub': 'admin' });
+    expect(await onRequest(auth, c)).toBe('ok');
+    expect(await onRequest(identity, c)).toBe('ok');
     expect(c.user).toBe('alice');
     expect(c.claimHeaders).toEqual(['X-Auth-Sub', 'alice']);
-    expect(await onRequest(policy, ctx())).toBe('TOKEN_MISSING');
-    expect(await onHandshake(policy, ctx({}, { protocolTokens: [await token({ sub: 'bob' })] }))).toBe('ok');
+    expect(await onRequest(auth, ctx())).toBe('TOKEN_MISSING');
+    expect(await onHandshake(auth, ctx({}, { protocolTokens: [await token({ sub: 'bob' })] }))).toBe('ok');
+    const two = ctx({ Authorization: `Bearer ${await token({ sub: 'a' })}`, Cookie: `access_token=${await token({ sub: 'b' })}` });
+    expect(await onRequest(auth, two)).toBe('TOKEN_INVALID');
   });
 
   it('http: pass has no request hook; a token naming no one is refused where a user is needed', async () => {
-    expect(authPolicy({ jwt: config, verify, needsUser: false, onRequests: false }).onRequest).toBeUndefined();
-    const policy = authPolicy({ jwt: { ...config, forwardClaims: {} }, verify, needsUser: true, onRequests: true });
-    expect(await onHandshake(policy, ctx({ Authorization: `Bearer ${await token({})}` }))).toBe('CLAIMS_INSUFFICIENT');
+    expect(authPolicy({ jwt: config, verify, onRequests: false }).onRequest).toBeUndefined();
+    const c = ctx({ Authorization: `Bearer ${await token({})}` });
+    expect(await onHandshake(authPolicy({ jwt: config, verify, onRequests: true }), c)).toBe('ok');
+    const identity = identityPolicy({ jwt: { ...config, forwardClaims: {} }, needsUser: true, onRequests: true });
+    expect(await onHandshake(identity, c)).toBe('CLAIMS_INSUFFICIENT');
   });
 });
 

@@ -1,6 +1,6 @@
 import type { GuardConfig, JwtConfig, LimitsConfig } from '../config/schema.js';
 import type { LimitStore } from '../limits/store.js';
-import { authPolicy } from '../policies/auth.js';
+import { authPolicy, identityPolicy } from '../policies/auth.js';
 import { createJwtVerifier, type VerifyToken } from '../policies/jwt.js';
 import { messageLimits, type SessionLimits } from '../policies/messages.js';
 import { originPolicy, type OriginPolicyConfig } from '../policies/origin.js';
@@ -56,7 +56,9 @@ function compilePolicies(config: GuardConfig, route: RouteSettings, deps: Policy
   if (limits.handshakes !== undefined) policies.push(handshakeRatePolicy(deps.store, route.path, limits.handshakes));
   policies.push(originPolicy(route));
   if (route.auth !== undefined) {
-    policies.push(authPolicy({ ...route.auth, needsUser: needsUser(config, route), onRequests: route.http === 'auth' }));
+    const onRequests = route.http === 'auth';
+    policies.push(authPolicy({ ...route.auth, onRequests }));
+    policies.push(identityPolicy({ jwt: route.auth.jwt, needsUser: needsUser(config, route), onRequests }));
   }
   const { rate, burst, per, concurrent, body } = limits.requests;
   if (rate !== undefined && burst !== undefined) policies.push(requestRatePolicy(deps.store, route.path, { rate, burst, per }));
