@@ -199,6 +199,20 @@ describe('request limits', () => {
     expect((await upstream.seen(t)).filter((e) => e.type === 'upload_done')).toEqual([]);
   });
 
+  it('slow uploads from one address hold at most `concurrent` upstream requests, and each ends with 408', async () => {
+    const t = tag();
+    const conns = await Promise.all(Array.from({ length: 5 }, () => rawConnect(limited.port)));
+    for (const conn of conns) conn.write(`POST /upload?tag=${t} HTTP/1.1\r\nHost: app\r\nContent-Length: 100\r\n\r\n01234`);
+    const answers = await Promise.all(conns.map((conn) => conn.readHttpResponse()));
+    const codes = answers.map((a) => a.headers['x-ws-guard-error']).sort();
+    expect(codes).toEqual(['REQUESTS_IN_FLIGHT', 'REQUESTS_IN_FLIGHT', 'REQUESTS_IN_FLIGHT', 'REQUEST_TIMEOUT', 'REQUEST_TIMEOUT']);
+    for (const conn of conns) conn.destroy();
+    await new Promise((r) => setTimeout(r, 300));
+    const seen = await upstream.seen(t);
+    expect(seen.filter((e) => e.type === 'http')).toHaveLength(2);
+    expect(seen.filter((e) => e.type === 'upload_done')).toEqual([]);
+  });
+
   it('a long poll outlives upstreamResponse (an upgrade deadline): plain HTTP waits upstreamHeaders (60 s by default)', async () => {
     const res = await fetch(`${limited.httpUrl}/slow?ms=1000`);
     expect(await res.json()).toEqual({ slept: 1000 });
