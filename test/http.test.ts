@@ -213,6 +213,22 @@ describe('request limits', () => {
     expect(seen.filter((e) => e.type === 'upload_done')).toEqual([]);
   });
 
+  it('408 without a body limit too (the client body goes straight to undici): the answer still reaches the client', async () => {
+    const t = tag();
+    const plain = await startTestGuard({ upstream: upstream.url, timeouts: { request: '300ms' } });
+    try {
+      const conn = await rawConnect(plain.port);
+      conn.write(`POST /upload?tag=${t} HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n`);
+      const res = await conn.readHttpResponse();
+      expect(res.status).toBe(408);
+      conn.destroy();
+      await new Promise((r) => setTimeout(r, 300));
+      expect((await upstream.seen(t)).filter((e) => e.type === 'upload_done')).toEqual([]);
+    } finally {
+      await plain.close();
+    }
+  });
+
   it('a long poll outlives upstreamResponse (an upgrade deadline): plain HTTP waits upstreamHeaders (60 s by default)', async () => {
     const res = await fetch(`${limited.httpUrl}/slow?ms=1000`);
     expect(await res.json()).toEqual({ slept: 1000 });

@@ -58,7 +58,8 @@ interface Exchange {
  * route (`http: deny` → 404), the client address, the Origin, the token (`http: auth`), the request rate,
  * the requests in flight, the body size; then the upstream. CORS preflights skip Origin, token and rate:
  * they carry no credentials and are the app's to answer. Both bodies are streamed, never buffered, and a
- * slow reader on one side slows the other through `pipe`. The upstream sees exactly the request the client
+ * slow reader on one side slows the other (undici pauses on a full response, reads the request body as the
+ * upstream takes it). The upstream sees exactly the request the client
  * made, one for one: its target is checked like an upgrade's, its body carries explicit framing, and
  * `Expect` was already answered by Node's server.
  */
