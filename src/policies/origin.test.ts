@@ -1,7 +1,8 @@
 import type { IncomingMessage } from 'node:http';
 import { describe, expect, it } from 'vitest';
 import { GuardError } from '../errors.js';
-import { checkOrigin, parseOriginPattern, type OriginPattern } from './origin.js';
+import { ctx, onHandshake, onRequest } from '../../test/helpers/policies.js';
+import { checkOrigin, originPolicy, parseOriginPattern, type OriginPattern } from './origin.js';
 
 function request(...origins: string[]): IncomingMessage {
   const rawHeaders = origins.flatMap((o) => ['Origin', o]);
@@ -73,5 +74,15 @@ describe('origin allowlist', () => {
     expect(verdict(request(), list)).toBe('ORIGIN_DENIED');
     expect(verdict(request(), list, true)).toBe('allowed');
     expect(verdict(request('https://anything.test'), undefined)).toBe('allowed');
+  });
+});
+
+describe('origin policy', () => {
+  const policy = originPolicy({ origins: [parseOriginPattern('https://app.example.com')!], allowNoOrigin: false });
+  it('refuses a foreign or missing Origin on both paths, but lets a CORS preflight through', async () => {
+    expect(await onHandshake(policy, ctx({ Origin: 'https://evil.example' }))).toBe('ORIGIN_DENIED');
+    expect(await onRequest(policy, ctx({}))).toBe('ORIGIN_DENIED');
+    expect(await onRequest(policy, ctx({ Origin: 'https://app.example.com' }))).toBe('ok');
+    expect(await onRequest(policy, ctx({ Origin: 'https://evil.example' }, { preflight: true }))).toBe('ok');
   });
 });

@@ -1,7 +1,9 @@
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { describe, expect, it } from 'vitest';
-import { BodyLimit, RequestSlots, declaredTooLarge, isPreflight } from './requests.js';
+import { ctx, onRequest } from '../../test/helpers/policies.js';
+import { releaseAll } from './policy.js';
+import { BodyLimit, RequestSlots, bodySizePolicy, declaredTooLarge, httpDenyPolicy, isPreflight, requestSlotsPolicy } from './requests.js';
 
 describe('RequestSlots', () => {
   it('gives out at most limit slots per key and takes each back once', () => {
@@ -52,5 +54,20 @@ describe('declaredTooLarge / isPreflight', () => {
     expect(isPreflight('OPTIONS', { 'access-control-request-method': 'POST' })).toBe(true);
     expect(isPreflight('OPTIONS', {})).toBe(false);
     expect(isPreflight('POST', { 'access-control-request-method': 'POST' })).toBe(false);
+  });
+});
+
+describe('request policies', () => {
+  it('requests in flight per address, deny, and a declared body over the limit', async () => {
+    const policy = requestSlotsPolicy(new RequestSlots(), '/r', 1);
+    const first = ctx();
+    expect(await onRequest(policy, first)).toBe('ok');
+    expect(await onRequest(policy, ctx())).toBe('REQUESTS_IN_FLIGHT');
+    releaseAll(first);
+    expect(await onRequest(policy, ctx())).toBe('ok');
+    expect(await onRequest(httpDenyPolicy(), ctx())).toBe('HTTP_DENIED');
+    expect(httpDenyPolicy().onHandshake).toBeUndefined();
+    expect(await onRequest(bodySizePolicy(10), ctx({ 'Content-Length': '11' }))).toBe('BODY_TOO_LARGE');
+    expect(await onRequest(bodySizePolicy(10), ctx({ 'Content-Length': '10' }))).toBe('ok');
   });
 });
