@@ -161,6 +161,25 @@ describe('request limits', () => {
     expect((await fetch(`${limited.httpUrl}/headers`)).status).toBe(200);
   });
 
+  it('requests in flight are counted per address across routes; a route with its own concurrent has a pool of its own', async () => {
+    const pools = await startTestGuard({
+      upstream: upstream.url,
+      limits: { requests: { concurrent: 1 } },
+      routes: [{ path: '/slow' }, { path: '/headers', limits: { requests: { concurrent: 1 } } }],
+    });
+    try {
+      const held = fetch(`${pools.httpUrl}/slow?ms=800`);
+      await new Promise((r) => setTimeout(r, 300));
+      // Another route, same address, no pool of its own: the one slot is taken.
+      expect(refusal(await fetch(`${pools.httpUrl}/hello`))).toEqual({ status: 429, code: 'REQUESTS_IN_FLIGHT' });
+      // A route with its own concurrent counts apart.
+      expect((await fetch(`${pools.httpUrl}/headers`)).status).toBe(200);
+      expect((await held).status).toBe(200);
+    } finally {
+      await pools.close();
+    }
+  });
+
   it('a declared body over the limit → 413 before the app sees the request', async () => {
     const t = tag();
     const res = await fetch(`${limited.httpUrl}/upload?tag=${t}`, { method: 'POST', body: 'x'.repeat(2000) });

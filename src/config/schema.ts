@@ -491,6 +491,8 @@ export const configSchema = z
         limits: completeLimits(mergeLimits(config.limits, r.limits)),
         /** Whether this route counts its connections in a pool of its own, besides the global one. */
         ownConnectionPool: r.limits?.connections !== undefined,
+        /** Whether this route counts plain requests in flight on its own, apart from the rest of the process. */
+        ownRequestPool: r.limits?.requests?.concurrent !== undefined,
       };
     }),
   }));

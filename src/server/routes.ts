@@ -17,6 +17,8 @@ export interface Route extends OriginPolicyConfig {
   limits: LimitsConfig;
   /** The name of the route's own connection pool, when it sets `limits.connections`. */
   pool: string | undefined;
+  /** The name of the route's own pool of requests in flight, when it sets `limits.requests.concurrent`; '' is the process's. */
+  requestPool: string;
   /**
    * Plain HTTP on this route: `auth` checks the token like an upgrade (only where the route has auth;
    * without auth it is `pass`), `pass` forwards without a token, `deny` answers 404.
@@ -65,7 +67,7 @@ function compilePolicies(config: GuardConfig, route: RouteSettings, deps: Policy
   const pools: SlotPool[] = [{ pool: '', limits: config.limits.connections ?? {} }];
   if (route.pool !== undefined) pools.push({ pool: route.pool, limits: limits.connections ?? {} });
   policies.push(connectionSlotsPolicy(deps.store, pools, deps.warnings));
-  policies.push(requestSlotsPolicy(deps.inFlight, route.path, concurrent));
+  policies.push(requestSlotsPolicy(deps.inFlight, route.requestPool, concurrent));
   if (body !== undefined) policies.push(bodySizePolicy(body));
   return policies;
 }
@@ -106,7 +108,7 @@ export function createRouter(config: GuardConfig, deps: PolicyDeps): (pathname: 
   });
   const topAuth = compileAuth(config.auth);
   const fallback = build({
-    path: '', auth: topAuth, origins: config.origins, allowNoOrigin: config.allowNoOrigin, limits: config.limits, pool: undefined,
+    path: '', auth: topAuth, origins: config.origins, allowNoOrigin: config.allowNoOrigin, limits: config.limits, pool: undefined, requestPool: '',
     http: httpMode(config.http, topAuth),
   });
   const routes: Route[] = config.routes.map((r) => {
@@ -118,6 +120,7 @@ export function createRouter(config: GuardConfig, deps: PolicyDeps): (pathname: 
       allowNoOrigin: r.allowNoOrigin,
       limits: r.limits,
       pool: r.ownConnectionPool ? r.path : undefined,
+      requestPool: r.ownRequestPool ? r.path : '',
       http: httpMode(r.http, auth),
     });
   });
