@@ -12,11 +12,11 @@ import { join } from 'node:path';
 import { constants as zlibConstants, deflateRawSync } from 'node:zlib';
 import { SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import WebSocket from 'ws';
 import { freePort } from './helpers/clients.js';
 import {
   MINIMIZE, VERBOSE, ONLY, SEED, Tally, UNCAUGHT, caseCount, caseRng, esc, httpGet, latin1, lineDeletions, metricSum,
-  rawExchange, removeSnapshot, runCampaign, spawnGuard, summarize, until, wsFrame, wsKey, type FuzzCase, type GuardProc, type Rng,
+  rawExchange, removeSnapshot, runCampaign, spawnGuard, summarize, wsFrame, wsKey, type FuzzCase, type GuardProc, type Rng,
+  openAfterwards, wsEcho,
 } from './helpers/fuzz.js';
 import { startUpstream, type Upstream } from './helpers/upstream.js';
 
@@ -596,7 +596,7 @@ describe('HTTP fuzzer against the built guard process', () => {
     if (hello instanceof Error || hello.status !== 200 || hello.body !== '{"hello":"world"}') {
       failures.push(`GET /hello after the run: ${hello instanceof Error ? hello.message : `${hello.status} ${hello.body}`}`);
     }
-    const echo = await wsEcho(guard.port).catch((e: Error) => e.message);
+    const echo = await wsEcho(`ws://127.0.0.1:${guard.port}/ws/echo`, { Origin: ORIGIN, Authorization: `Bearer ${validToken}` }).catch((e: Error) => e.message);
     if (echo !== 'after the fuzz') failures.push(`WebSocket echo after the run: ${echo}`);
     const leftovers = await openAfterwards(guard.adminPort);
     if (leftovers.problem !== '') failures.push(leftovers.problem);
@@ -621,38 +621,4 @@ describe('HTTP fuzzer against the built guard process', () => {
   }, 600_000);
 });
 
-async function wsEcho(port: number): Promise<string> {
-  const ws = new WebSocket(`ws://127.0.0.1:${port}/ws/echo`, { headers: { Origin: ORIGIN, Authorization: `Bearer ${validToken}` } });
-  try {
-    await new Promise((resolve, reject) => {
-      ws.once('open', resolve);
-      ws.once('error', reject);
-      ws.once('unexpected-response', (_req, res) => reject(new Error(`HTTP ${res.statusCode}`)));
-      setTimeout(() => reject(new Error('no 101 within 5 s')), 5000);
-    });
-    ws.send('after the fuzz');
-    return await new Promise<string>((resolve, reject) => {
-      ws.once('message', (d) => resolve(String(d)));
-      setTimeout(() => reject(new Error('no echo within 5 s')), 5000);
-    });
-  } finally {
-    ws.terminate();
-  }
-}
 
-/** '' when the admin metrics show no open connection (polled for a while), else what is left. */
-async function openAfterwards(adminPort: number): Promise<{ problem: string; last: string }> {
-  let last = '';
-  try {
-    await until(async () => {
-      const text = (await httpGet(adminPort, '/metrics')).body;
-      const active = metricSum(text, 'ws_guard_connections_active') ?? 0;
-      const fds = metricSum(text, 'ws_guard_process_open_fds') ?? 0;
-      last = `ws_guard_connections_active=${active} ws_guard_process_open_fds=${fds}`;
-      return active === 0 && fds < 150;
-    }, 10_000, 'no open connection');
-    return { problem: '', last };
-  } catch {
-    return { problem: `connections left open after the run: ${last}`, last };
-  }
-}

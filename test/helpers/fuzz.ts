@@ -22,6 +22,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import WebSocket from 'ws';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -828,5 +829,42 @@ export class Tally {
   }
   toString(): string {
     return [...this.counts].sort((a, b) => b[1] - a[1]).map(([k, n]) => `${k}: ${n}`).join(', ');
+  }
+}
+
+/** Sends one message through a WebSocket and returns its echo: the guard still proxies after a run. */
+export async function wsEcho(url: string, headers: Record<string, string>): Promise<string> {
+  const ws = new WebSocket(url, { headers });
+  try {
+    await new Promise((resolve, reject) => {
+      ws.once('open', resolve);
+      ws.once('error', reject);
+      ws.once('unexpected-response', (_req, res) => reject(new Error(`HTTP ${res.statusCode}`)));
+      setTimeout(() => reject(new Error('no 101 within 5 s')), 5000);
+    });
+    ws.send('after the fuzz');
+    return await new Promise<string>((resolve, reject) => {
+      ws.once('message', (d) => resolve(String(d)));
+      setTimeout(() => reject(new Error('no echo within 5 s')), 5000);
+    });
+  } finally {
+    ws.terminate();
+  }
+}
+
+/** '' when the admin metrics show no open connection (polled for a while), else what is left. */
+export async function openAfterwards(adminPort: number): Promise<{ problem: string; last: string }> {
+  let last = '';
+  try {
+    await until(async () => {
+      const text = (await httpGet(adminPort, '/metrics')).body;
+      const active = metricSum(text, 'ws_guard_connections_active') ?? 0;
+      const fds = metricSum(text, 'ws_guard_process_open_fds') ?? 0;
+      last = `ws_guard_connections_active=${active} ws_guard_process_open_fds=${fds}`;
+      return active === 0 && fds < 150;
+    }, 10_000, 'no open connection');
+    return { problem: '', last };
+  } catch {
+    return { problem: `connections left open after the run: ${last}`, last };
   }
 }
