@@ -82,6 +82,20 @@ function tcpKernelMiB(): number {
 }
 const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** The built guard as a process of its own, in front of the real upstream, with `limits` as its one config line. */
+async function startGuardProcess(name: string, limits: string) {
+  expect(openFilesLimit(), `ulimit -n must allow ${FDS_NEEDED} open files; raise it for this test run`).toBeGreaterThanOrEqual(FDS_NEEDED);
+  const port = await freePort();
+  const file = join(dir, name);
+  writeFileSync(file, [`listen: 127.0.0.1:${port}`, `upstream: ${upstream.url}`, 'timeouts: { drain: 2s }', limits, ''].join('\n'));
+  const child = spawn(process.execPath, [bin, '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let text = '';
+  const keep = (d: Buffer) => (text = (text + d.toString()).slice(-64 * 1024));
+  child.stdout!.on('data', keep);
+  child.stderr!.on('data', keep);
+  return { port, child, pid: child.pid!, output: () => text };
+}
+
 /** SIGTERM (the guard drains, 2 s at most by its config), SIGKILL if it is still there 5 s later. */
 async function stop(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
@@ -112,27 +126,12 @@ describe('memory under a compressed crowd', () => {
   const EMPTY_BLOCK = Buffer.from([0x00, 0x00, 0x00, 0xff, 0xff]);
 
   it(`holds at most holdBudget (${HOLD_BUDGET_MIB} MiB) plus a bounded amount per connection`, async () => {
-    expect(openFilesLimit()).toBeGreaterThanOrEqual(FDS_NEEDED);
-    const port = await freePort();
-    const file = join(dir, 'compressed.yaml');
-    writeFileSync(file, [
-      `listen: 127.0.0.1:${port}`,
-      `upstream: ${upstream.url}`,
-      'timeouts: { drain: 2s }',
-      `limits: { messageSize: ${MESSAGE_SIZE_MIB}MiB, holdBudget: ${HOLD_BUDGET_MIB}MiB }`,
-      '',
-    ].join('\n'));
-    const child = spawn(process.execPath, [bin, '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let output = '';
-    const keep = (d: Buffer) => (output = (output + d.toString()).slice(-64 * 1024));
-    child.stdout!.on('data', keep);
-    child.stderr!.on('data', keep);
-    const pid = child.pid!;
+    const { port, child, pid, output } = await startGuardProcess('compressed.yaml', `limits: { messageSize: ${MESSAGE_SIZE_MIB}MiB, holdBudget: ${HOLD_BUDGET_MIB}MiB }`);
     const conns: RawConn[] = [];
     let peak = 0;
     const sampler = setInterval(() => (peak = Math.max(peak, rssKiB(pid))), 100);
     try {
-      await until(() => output.includes('ws-guard listening') || child.exitCode !== null, 10_000, 'the guard to listen');
+      await until(() => output().includes('ws-guard listening') || child.exitCode !== null, 10_000, 'the guard to listen');
       const deflate = { 'Sec-WebSocket-Extensions': 'permessage-deflate' };
       const warm = await rawConnect(port);
       warm.write(upgradeRequest('/ws/echo', deflate));
@@ -175,7 +174,7 @@ describe('memory under a compressed crowd', () => {
         `compressed memory test: guard RSS before ${mib(before)} MiB, peak ${mib(peak)} MiB, after ${mib(after)} MiB ` +
           `(ceiling ${mib(ceilingKiB)} MiB); ${refused}/${CLIENTS} clients refused with 1009 by the budget or the per-message cap\n`,
       );
-      expect(child.exitCode, output).toBeNull();
+      expect(child.exitCode, output()).toBeNull();
       const probe = await rawConnect(port);
       conns.push(probe);
       probe.write(upgradeRequest('/ws/echo', { 'Sec-WebSocket-Version': '12' }));
@@ -191,28 +190,13 @@ describe('memory under a compressed crowd', () => {
 
 describe('memory under a hostile crowd', () => {
   it(`stays under ${CEILING_MIB} MiB RSS with ${CLIENTS} non-reading clients and ${CLIENTS} endless fragment streams`, async () => {
-    expect(openFilesLimit(), `ulimit -n must allow ${FDS_NEEDED} open files; raise it for this test run`).toBeGreaterThanOrEqual(FDS_NEEDED);
-    const port = await freePort();
-    const file = join(dir, 'guard.yaml');
-    writeFileSync(file, [
-      `listen: 127.0.0.1:${port}`,
-      `upstream: ${upstream.url}`,
-      'timeouts: { drain: 2s }',
-      'limits: { messageSize: 1MiB, maxFragments: 100000 }',
-      '',
-    ].join('\n'));
-    const child = spawn(process.execPath, [bin, '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let output = '';
-    const keep = (d: Buffer) => (output = (output + d.toString()).slice(-64 * 1024));
-    child.stdout!.on('data', keep);
-    child.stderr!.on('data', keep);
-    const pid = child.pid!;
+    const { port, child, pid, output } = await startGuardProcess('guard.yaml', 'limits: { messageSize: 1MiB, maxFragments: 100000 }');
     const conns: RawConn[] = [];
     let peak = 0;
     const sampler = setInterval(() => (peak = Math.max(peak, rssKiB(pid))), 100);
     try {
-      await until(() => output.includes('ws-guard listening') || child.exitCode !== null, 10_000, 'the guard to listen');
-      expect(child.exitCode, output).toBeNull();
+      await until(() => output().includes('ws-guard listening') || child.exitCode !== null, 10_000, 'the guard to listen');
+      expect(child.exitCode, output()).toBeNull();
 
       // One connection through first, so lazily loaded code is in before the baseline.
       const warm = await rawConnect(port);
@@ -273,7 +257,7 @@ describe('memory under a hostile crowd', () => {
           `${pushesDone}/${CLIENTS} pushes of 8 MiB done, kernel TCP memory (host-wide) ${kernelTcp} MiB\n`,
       );
 
-      expect(child.exitCode, output).toBeNull();
+      expect(child.exitCode, output()).toBeNull();
       // Nobody was cut off: the guard carried every client rather than shedding them.
       expect(conns.filter((c) => c.closed)).toHaveLength(0);
       // The guard still answers at once: a handshake it refuses by itself (the upstream is still busy
