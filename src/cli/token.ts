@@ -18,7 +18,7 @@ export async function mintToken(jwt: JwtConfig, claims: { sub: string; ttlMs: nu
 
 /** The config as `check` prints it: secrets masked, key files named by path only, routes without auth as `auth: false`. */
 export function printable(value: unknown, key = ''): unknown {
-  if (key === 'secret' && typeof value === 'string') return '********';
+  if ((key === 'secret' || key === 'token') && typeof value === 'string') return '********';
   // A route's auth is resolved: absent means no authentication there, which YAML would print as nothing at all.
   if (key === 'routes' && Array.isArray(value)) {
     return value.map((route: Record<string, unknown>) => printable({ ...route, auth: route.auth ?? false }));

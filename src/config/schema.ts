@@ -449,12 +449,31 @@ const route = z.strictObject({
   limits: limitsShape.optional(),
 });
 
+/**
+ * The admin listener: `host:port` (probes and metrics only), or `{ listen, token }`, whose bearer token
+ * guards the operator endpoints (GET /connections, POST /connections/close). The token is at least 16
+ * characters: it guards a kill switch that disconnects and bans users, so it must not be guessable.
+ */
+export const MIN_ADMIN_TOKEN = 16;
+const admin = z.preprocess(
+  (value) => (typeof value === 'string' ? { listen: value } : value),
+  z.strictObject({
+    listen: unit(parseHostPort, 'host:port'),
+    // The message names the length only: a config error must not print the secret.
+    token: z.string({ error: 'expected a string' }).superRefine((token, ctx) => {
+      if (token.length < MIN_ADMIN_TOKEN) {
+        ctx.addIssue({ code: 'custom', message: `expected at least ${MIN_ADMIN_TOKEN} characters (it guards the kill switch, POST /connections/close), got ${token.length}` });
+      }
+    }).optional(),
+  }, { error: 'expected host:port or { listen: host:port, token: ... }' }),
+).transform(({ listen, token }) => ({ ...listen, token }));
+
 export const configSchema = z
   .strictObject({
     listen,
     upstream,
     /** The admin listener: /healthz, /readyz, /metrics. Keep it off the public interface. */
-    admin: unit(parseHostPort, 'host:port').optional(),
+    admin: admin.optional(),
     /** Processes sharing the listener; `auto` is one per core. Connection and handshake limits hold for the group. */
     workers: z.union([positive, z.literal('auto')], { error: 'expected a number of processes or auto' }).default(1),
     trustedProxies: z.array(cidr).default([]),
