@@ -22,6 +22,10 @@ export const ERRORS = {
   TOKEN_INVALID: { status: 401, close: 4001, message: 'invalid access token', headers: BEARER_CHALLENGE },
   TOKEN_EXPIRED: { status: 401, close: 4001, message: 'access token expired', headers: BEARER_CHALLENGE },
   CLAIMS_INSUFFICIENT: { status: 403, close: 4003, message: 'access token does not grant this' },
+  /** An operator closed the connection (admin POST /connections/close); the status is never sent. */
+  CLOSED_BY_OPERATOR: { status: 403, close: 4003, message: 'closed by an operator' },
+  /** An operator banned this user or address for a while (admin POST /connections/close with ban=). */
+  BANNED: { status: 403, message: 'banned by an operator' },
   HANDSHAKE_RATE: { status: 429, message: 'too many handshakes from this address' },
   CONNECTIONS_FULL: { status: 503, message: 'connection limit reached' },
   CONNECTIONS_PER_IP: { status: 429, message: 'too many connections from this address' },

@@ -4,7 +4,8 @@ import https from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import type { GuardConfig } from '../config/schema.js';
 import { GuardError } from '../errors.js';
-import { GuardEvents } from '../events.js';
+import { GuardEvents, routeName, type ConnectionMeta } from '../events.js';
+import { Bans } from '../limits/bans.js';
 import { HoldBudget } from '../limits/hold-budget.js';
 import { MemoryStore } from '../limits/memory-store.js';
 import type { LimitStore } from '../limits/store.js';
@@ -25,12 +26,34 @@ export interface GuardOptions {
   store?: LimitStore;
 }
 
+/** One open connection as the admin listener lists it (GET /connections). */
+export interface ConnectionInfo {
+  id: number;
+  user: string | null;
+  ip: string;
+  route: string;
+  ageMs: number;
+  messagesIn: number;
+  messagesOut: number;
+  bytesIn: number;
+  bytesOut: number;
+}
+
+/** Which connections an operator closes: by session id, user (the canonical user key) or client address. */
+export type ConnectionSelector = { id: number } | { user: string } | { ip: string };
+
 export interface Guard {
   readonly events: GuardEvents;
   readonly port: number;
   readonly host: string;
   /** Open WebSocket sessions. */
   readonly sessions: ReadonlySet<Session>;
+  /** Operator bans, checked by every route's ban policy; kept across reloads. */
+  readonly bans: Bans;
+  /** The open connections, for the admin listener. */
+  connections(): ConnectionInfo[];
+  /** Closes the matching connections with 4003 on both sides (CLOSED_BY_OPERATOR); how many. */
+  closeConnections(selector: ConnectionSelector): number;
   /** Set once `drain` has begun. */
   readonly draining: boolean;
   /**
@@ -72,6 +95,9 @@ interface Shared {
   /** One budget for the process, kept across reloads (a reload may change its size). */
   holdBudget: HoldBudget;
   sessions: Set<Session>;
+  /** Who each open session is, and since when. */
+  meta: Map<Session, ConnectionMeta & { openedAt: number }>;
+  bans: Bans;
   /** Plain requests in flight per route and address, kept across reloads. */
   inFlight: RequestSlots;
   pending: Set<Socket>;
@@ -89,7 +115,7 @@ function createRuntime(config: GuardConfig, shared: Shared) {
     return { peer, trusted: trusted.has(peer), proto, host: req.headers.host };
   };
   const warnings = new SlotWarnings((pool, ratio, warnAt) => shared.events.emit('slotsWarning', { pool, ratio, warnAt }));
-  const route = createRouter(config, { store: shared.store, inFlight: shared.inFlight, warnings });
+  const route = createRouter(config, { store: shared.store, inFlight: shared.inFlight, warnings, bans: shared.bans });
   const upgrades = createUpgradeHandler({
     config,
     events: shared.events,
@@ -103,8 +129,10 @@ function createRuntime(config: GuardConfig, shared: Shared) {
     nextId: shared.nextId,
     onSession(session, meta) {
       shared.sessions.add(session);
+      shared.meta.set(session, { ...meta, openedAt: Date.now() });
       session.once('end', (end: SessionEnd) => {
         shared.sessions.delete(session);
+        shared.meta.delete(session);
         shared.events.emit('closed', { ...end, ...meta });
       });
     },
@@ -127,12 +155,13 @@ function createRuntime(config: GuardConfig, shared: Shared) {
 export async function startGuard(config: GuardConfig, options: GuardOptions = {}): Promise<Guard> {
   const events = options.events ?? new GuardEvents();
   const sessions = new Set<Session>();
+  const meta = new Map<Session, ConnectionMeta & { openedAt: number }>();
   const pending = new Set<Socket>();
   let draining = false;
   let lastId = 0;
   const shared: Shared = {
     events, store: options.store ?? new MemoryStore(), holdBudget: new HoldBudget(config.limits.holdBudget),
-    sessions, inFlight: new RequestSlots(), pending, nextId: () => ++lastId, draining: () => draining,
+    sessions, meta, bans: new Bans(), inFlight: new RequestSlots(), pending, nextId: () => ++lastId, draining: () => draining,
   };
   let runtime = createRuntime(config, shared);
 
@@ -234,6 +263,23 @@ export async function startGuard(config: GuardConfig, options: GuardOptions = {}
     port: address.port,
     host: address.address,
     sessions,
+    bans: shared.bans,
+    connections() {
+      const now = Date.now();
+      return [...meta].map(([session, m]) => ({
+        id: session.id, user: m.user ?? null, ip: m.ip, route: routeName(m.route), ageMs: now - m.openedAt, ...session.counts,
+      }));
+    },
+    closeConnections(selector) {
+      let closed = 0;
+      for (const [session, m] of meta) {
+        const match = 'id' in selector ? session.id === selector.id : 'user' in selector ? m.user === selector.user : m.ip === selector.ip;
+        if (!match) continue;
+        session.close('CLOSED_BY_OPERATOR', 'admin POST /connections/close');
+        closed++;
+      }
+      return closed;
+    },
     get draining() {
       return draining;
     },

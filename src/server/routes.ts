@@ -1,6 +1,8 @@
 import type { GuardConfig, JwtConfig, LimitsConfig } from '../config/schema.js';
 import type { LimitStore } from '../limits/store.js';
+import type { Bans } from '../limits/bans.js';
 import { authPolicy, identityPolicy } from '../policies/auth.js';
+import { banPolicy } from '../policies/ban.js';
 import { createJwtVerifier, type VerifyToken } from '../policies/jwt.js';
 import { messageLimits, type SessionLimits } from '../policies/messages.js';
 import { originPolicy, type OriginPolicyConfig } from '../policies/origin.js';
@@ -35,6 +37,8 @@ export interface PolicyDeps {
   store: LimitStore;
   inFlight: RequestSlots;
   warnings: SlotWarnings;
+  /** Operator bans (admin POST /connections/close with ban=), for the process. */
+  bans: Bans;
 }
 
 type RouteSettings = Omit<Route, 'policies' | 'openSession'>;
@@ -48,7 +52,7 @@ function needsUser(config: GuardConfig, route: RouteSettings): boolean {
 
 /**
  * The policies of one route, built once (Caddy's provision → validate → serve): the order is that of
- * design.md §1 — `http: deny`, handshake rate, Origin, token, request rate, connection slots, requests in
+ * design.md §1 — `http: deny`, handshake rate, Origin, token, operator bans, request rate, connection slots, requests in
  * flight, body size. Each runs on the path it has a hook for.
  */
 function compilePolicies(config: GuardConfig, route: RouteSettings, deps: PolicyDeps): Policy[] {
@@ -62,6 +66,8 @@ function compilePolicies(config: GuardConfig, route: RouteSettings, deps: Policy
     policies.push(authPolicy({ ...route.auth, onRequests }));
     policies.push(identityPolicy({ jwt: route.auth.jwt, needsUser: needsUser(config, route), onRequests }));
   }
+  // After the token, so a banned user is known by name; before anything that takes a slot.
+  policies.push(banPolicy(deps.bans));
   const { rate, burst, per, concurrent, body } = limits.requests;
   if (rate !== undefined && burst !== undefined) policies.push(requestRatePolicy(deps.store, route.path, { rate, burst, per }));
   const pools: SlotPool[] = [{ pool: '', limits: config.limits.connections ?? {} }];
