@@ -128,6 +128,7 @@ export async function runPrimary(config: GuardConfig, logger: Logger): Promise<v
   let admin: Admin | undefined;
   if (config.admin) {
     try {
+      // No operator yet: the connection endpoints answer 501 here until workers answer them over IPC.
       admin = await startAdmin(config, { draining: () => stopping, metrics: () => groupMetrics([...serving]) }, logger);
     } catch (err) {
       if (!(err instanceof ListenError)) throw err;

@@ -12,7 +12,7 @@ import { attachLogger } from '../ops/audit-log.js';
 import { createLogger } from '../ops/logger.js';
 import { startGuard, type Guard } from '../server/guard.js';
 import { ListenError, formatAddress } from '../server/listen.js';
-import { startAdmin, type Admin } from '../ops/admin.js';
+import { localOperator, startAdmin, type Admin } from '../ops/admin.js';
 import { createMetrics, metricsSource } from '../ops/metrics.js';
 import { IpcStore } from '../limits/ipc-store.js';
 import { answerMetrics, exitOnStartupFailure, runPrimary, workerCount } from './cluster.js';
@@ -79,7 +79,7 @@ async function run(config: GuardConfig, options: RunOptions = {}): Promise<void>
     const started = await startGuard(config, { events, store: cluster.isWorker ? new IpcStore() : undefined });
     guard = started;
     if (metrics && cluster.isPrimary) {
-      admin = await startAdmin(config, { draining: () => started.draining, metrics: metricsSource(metrics) }, logger);
+      admin = await startAdmin(config, { draining: () => started.draining, metrics: metricsSource(metrics), operator: localOperator(started) }, logger);
     }
   } catch (err) {
     if (!(err instanceof ListenError)) throw err;

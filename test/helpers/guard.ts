@@ -2,7 +2,7 @@ import { parseConfig } from '../../src/config/load.js';
 import { MemoryStore } from '../../src/limits/memory-store.js';
 import { GuardEvents } from '../../src/events.js';
 import { attachLogger } from '../../src/ops/audit-log.js';
-import { startAdmin } from '../../src/ops/admin.js';
+import { localOperator, startAdmin } from '../../src/ops/admin.js';
 import { createLogger } from '../../src/ops/logger.js';
 import { createMetrics, metricsSource } from '../../src/ops/metrics.js';
 import { startGuard, type Guard } from '../../src/server/guard.js';
@@ -35,7 +35,7 @@ export async function startTestGuard(config: Record<string, unknown>): Promise<T
   const metrics = parsed.admin && createMetrics(parsed, events, () => started);
   const guard = await startGuard(parsed, { events, store });
   started = guard;
-  const admin = metrics && (await startAdmin(parsed, { draining: () => guard.draining, metrics: metricsSource(metrics) }));
+  const admin = metrics && (await startAdmin(parsed, { draining: () => guard.draining, metrics: metricsSource(metrics), operator: localOperator(guard) }));
   return {
     guard,
     store,
