@@ -58,6 +58,15 @@ describe('ws-guard CLI', () => {
     expect(result.stdout).not.toContain(JWT_SECRET);
   });
 
+  it('check: masks the admin token', () => {
+    const token = 'admin-token-for-the-cli-test-0123';
+    const path = file('admin-token.yaml', 'listen: 127.0.0.1:8080\nupstream: http://127.0.0.1:8000\nadmin:\n  listen: 127.0.0.1:9901\n  token: ${ADMIN_TOKEN}\n');
+    const result = cliWith({ ADMIN_TOKEN: token }, 'check', path);
+    expect(result.status).toBe(0);
+    expect(result.stdout).toMatch(/token: "\*{8}"/);
+    expect(result.stdout).not.toContain(token);
+  });
+
   it('token: mints a token signed with the configured secret', async () => {
     const result = cli('token', '--config', join(root, 'config/guard.example.yaml'), '--sub', 'alice', '--ttl', '10m');
     expect(result.status).toBe(0);

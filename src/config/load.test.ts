@@ -277,7 +277,7 @@ describe('config: messages', () => {
       routes: [{ path: 5, auth: true }],
       limits: { messages: { rate: '10/fortnight', burst: '3' }, maxLifetime: true },
     })).toEqual([
-      'admin: expected host:port, got an empty value',
+      'admin: expected host:port or { listen: host:port, token: ... }, got an empty value',
       'trustedProxies: expected a list, got "10.0.0.1"',
       'auth.jwt.algorithms: expected at least one entry, got an empty list',
       'auth.jwt.issuer: expected a string or a list of strings, got 5',
@@ -357,5 +357,20 @@ describe('holdBudget', () => {
     expect(problemsOf({ ...base, routes: [{ path: '/a', limits: { holdBudget: '1MiB' } }] })).toEqual([
       'routes[0].limits.holdBudget: is for the whole process: set it in the top-level limits',
     ]);
+  });
+});
+
+describe('config: admin', () => {
+  const base = { listen: '127.0.0.1:8080', upstream: 'http://127.0.0.1:8000' };
+  it('takes host:port (no token) or { listen, token } with the token from the environment', () => {
+    expect(parseConfig({ ...base, admin: '127.0.0.1:9901' }, {}).admin).toEqual({ host: '127.0.0.1', port: 9901, token: undefined });
+    const env = { ADMIN_TOKEN: 'a-token-of-twenty-chars' };
+    expect(parseConfig({ ...base, admin: { listen: '127.0.0.1:9901', token: '${ADMIN_TOKEN}' } }, env).admin)
+      .toEqual({ host: '127.0.0.1', port: 9901, token: 'a-token-of-twenty-chars' });
+  });
+  it('refuses a token under 16 characters, naming its length and never its value', () => {
+    const problems = problemsOf({ ...base, admin: { listen: '127.0.0.1:9901', token: 'hunter2' } });
+    expect(problems).toEqual(['admin.token: expected at least 16 characters (it guards the kill switch, POST /connections/close), got 7']);
+    expect(problemsOf({ ...base, admin: { listen: '127.0.0.1:9901', tokn: 'x' } })[0]).toMatch(/^admin.tokn: unknown key/);
   });
 });
