@@ -4,7 +4,8 @@ import { AggregatorRegistry, type Registry } from 'prom-client';
 import type { GuardConfig } from '../config/schema.js';
 import { serveLimits } from '../limits/ipc-store.js';
 import { MemoryStore } from '../limits/memory-store.js';
-import { startAdmin, type Admin } from '../ops/admin.js';
+import { startAdmin, type Admin, type Operator } from '../ops/admin.js';
+import type { ConnectionInfo, ConnectionSelector } from '../server/guard.js';
 import type { Logger } from '../ops/logger.js';
 import { startedThroughNpm, watchParent } from './parent.js';
 import { ListenError } from '../server/listen.js';
@@ -29,6 +30,24 @@ interface MetricsRequest {
 interface MetricsReply {
   wsGuardMetrics: number;
   metrics?: object[];
+  error?: string;
+}
+
+/**
+ * Session ids of worker N start at N × this, so an id names one connection in the whole group (worker 2's
+ * fifth connection is 2000000005).
+ */
+export const WORKER_ID_RANGE = 1_000_000_000;
+/** How long the admin listener waits for each worker to list or close its connections. */
+const OPERATOR_TIMEOUT_MS = 2000;
+
+/** Primary → worker: list or close your connections; worker → primary: the answer. */
+type OperatorOp = { op: 'list' } | { op: 'close'; selector: ConnectionSelector; banMs: number | undefined };
+type OperatorRequest = { wsGuardOperator: number } & OperatorOp;
+interface OperatorReply {
+  wsGuardOperator: number;
+  connections?: ConnectionInfo[];
+  closed?: number;
   error?: string;
 }
 
@@ -63,6 +82,68 @@ export function answerMetrics(registry: Registry): void {
       (err: unknown) => reply({ error: err instanceof Error ? err.message : String(err) }),
     );
   });
+}
+
+/** In a worker: answers the primary's operator requests (admin /connections) from this worker's guard. */
+export function answerOperator(operator: Operator): void {
+  process.on('message', (message: unknown) => {
+    if (!has(message, 'wsGuardOperator') || typeof message.wsGuardOperator !== 'number') return;
+    const request = message as unknown as OperatorRequest;
+    const reply = (answer: Omit<OperatorReply, 'wsGuardOperator'>) => {
+      if (process.connected) process.send!({ wsGuardOperator: request.wsGuardOperator, ...answer } satisfies OperatorReply, undefined, {}, () => {});
+    };
+    const work = request.op === 'list'
+      ? operator.connections().then((connections) => ({ connections }))
+      : operator.close(request.selector, request.banMs).then((closed) => ({ closed }));
+    work.then(reply, (err: unknown) => reply({ error: err instanceof Error ? err.message : String(err) }));
+  });
+}
+
+let lastOperatorRequest = 0;
+
+/** One worker's answer to an operator request, or a rejection naming the worker. */
+function askWorker(worker: Worker, request: OperatorRequest): Promise<OperatorReply> {
+  const pid = worker.process.pid;
+  return new Promise((resolve, reject) => {
+    const done = () => {
+      clearTimeout(timer);
+      worker.off('message', onMessage);
+    };
+    const fail = (why: string) => {
+      done();
+      reject(new Error(`worker ${pid} ${why}`));
+    };
+    const timer = setTimeout(() => fail(`did not answer within ${OPERATOR_TIMEOUT_MS} ms`), OPERATOR_TIMEOUT_MS);
+    const onMessage = (message: unknown) => {
+      if (!has(message, 'wsGuardOperator') || message.wsGuardOperator !== request.wsGuardOperator) return;
+      const reply = message as unknown as OperatorReply;
+      if (reply.error !== undefined) return fail(`failed: ${reply.error}`);
+      done();
+      resolve(reply);
+    };
+    worker.on('message', onMessage);
+    worker.send(request, undefined, (err) => {
+      if (err) fail(`unreachable: ${err.message}`);
+    });
+  });
+}
+
+/**
+ * The kill switch of the group: a listing gathers every serving worker's connections, a close (and its
+ * ban) goes to every one of them and counts what they closed. A worker that does not answer in time fails
+ * the request (503 naming it); the others have acted meanwhile, so a retry is safe and closes the rest.
+ */
+function groupOperator(workers: () => Worker[]): Operator {
+  const ask = async (request: OperatorOp) => {
+    const serving = workers();
+    if (serving.length === 0) throw new Error('no worker is serving');
+    const wsGuardOperator = ++lastOperatorRequest;
+    return Promise.all(serving.map((w) => askWorker(w, { ...request, wsGuardOperator })));
+  };
+  return {
+    connections: async () => (await ask({ op: 'list' })).flatMap((r) => r.connections ?? []),
+    close: async (selector, banMs) => (await ask({ op: 'close', selector, banMs })).reduce((n, r) => n + (r.closed ?? 0), 0),
+  };
 }
 
 let lastMetricsRequest = 0;
@@ -128,8 +209,11 @@ export async function runPrimary(config: GuardConfig, logger: Logger): Promise<v
   let admin: Admin | undefined;
   if (config.admin) {
     try {
-      // No operator yet: the connection endpoints answer 501 here until workers answer them over IPC.
-      admin = await startAdmin(config, { draining: () => stopping, metrics: () => groupMetrics([...serving]) }, logger);
+      admin = await startAdmin(config, {
+        draining: () => stopping,
+        metrics: () => groupMetrics([...serving]),
+        operator: groupOperator(() => [...serving]),
+      }, logger);
     } catch (err) {
       if (!(err instanceof ListenError)) throw err;
       return exitOnStartupFailure(err.message);

@@ -15,7 +15,7 @@ import { ListenError, formatAddress } from '../server/listen.js';
 import { localOperator, startAdmin, type Admin } from '../ops/admin.js';
 import { createMetrics, metricsSource } from '../ops/metrics.js';
 import { IpcStore } from '../limits/ipc-store.js';
-import { answerMetrics, exitOnStartupFailure, runPrimary, workerCount } from './cluster.js';
+import { answerMetrics, answerOperator, exitOnStartupFailure, runPrimary, WORKER_ID_RANGE, workerCount } from './cluster.js';
 import { startedThroughNpm, watchParent } from './parent.js';
 import { parseDuration } from '../config/units.js';
 import { startEchoUpstream } from './echo-upstream.js';
@@ -76,8 +76,13 @@ async function run(config: GuardConfig, options: RunOptions = {}): Promise<void>
   if (metrics && cluster.isWorker) answerMetrics(metrics);
   let admin: Admin | undefined;
   try {
-    const started = await startGuard(config, { events, store: cluster.isWorker ? new IpcStore() : undefined });
+    const started = await startGuard(config, {
+      events,
+      store: cluster.isWorker ? new IpcStore() : undefined,
+      firstId: cluster.isWorker ? cluster.worker!.id * WORKER_ID_RANGE : 0,
+    });
     guard = started;
+    if (cluster.isWorker && config.admin) answerOperator(localOperator(started));
     if (metrics && cluster.isPrimary) {
       admin = await startAdmin(config, { draining: () => started.draining, metrics: metricsSource(metrics), operator: localOperator(started) }, logger);
     }

@@ -158,14 +158,19 @@ export async function startAdmin(config: GuardConfig, sources: AdminSources, log
     }
     const token = address.token;
     if (token === undefined) {
-      return json(res, 404, { error: `${path} needs a token: configure admin: { listen: host:port, token: \${ADMIN_TOKEN} }` });
+      return json(res, 404, { error: `${path} needs a token: configure admin: { listen: host:port, token: \"\${ADMIN_TOKEN}\" }` });
     }
     if (!tokenMatches(req.headers.authorization, token)) {
       return json(res, 401, { error: 'a valid admin token is required (Authorization: Bearer <token>)' }, { 'WWW-Authenticate': 'Bearer realm="ws-guard-admin"' });
     }
     const operator = sources.operator;
-    if (operator === undefined) return json(res, 501, { error: `${path} is not available with workers > 1 yet` });
-    if (method === 'GET') return json(res, 200, { connections: await operator.connections() });
+    if (operator === undefined) return json(res, 501, { error: `${path} is not served by this process` });
+    // With workers, one that does not answer in time fails the request: 503 naming it (a retry is safe).
+    const unavailable = (err: unknown) => {
+      logger?.warn({ err, path }, 'admin: operator request failed');
+      json(res, 503, { error: oneLine(err) });
+    };
+    if (method === 'GET') return operator.connections().then((connections) => json(res, 200, { connections }), unavailable);
     let request: ReturnType<typeof closeRequest>;
     try {
       const params = new URLSearchParams(query);
@@ -175,9 +180,10 @@ export async function startAdmin(config: GuardConfig, sources: AdminSources, log
       if (!(err instanceof BadRequest)) throw err;
       return json(res, 400, { error: err.message });
     }
-    const closed = await operator.close(request.selector, request.banMs);
-    logger?.warn({ ...request.selector, banMs: request.banMs, closed }, 'admin: connections closed by an operator');
-    return json(res, 200, { closed });
+    return operator.close(request.selector, request.banMs).then((closed) => {
+      logger?.warn({ ...request.selector, banMs: request.banMs, closed }, 'admin: connections closed by an operator');
+      json(res, 200, { closed });
+    }, unavailable);
   };
   const answer = async (req: http.IncomingMessage, res: http.ServerResponse) => {
     const [path = '/', query = ''] = (req.url ?? '/').split('?');

@@ -24,6 +24,8 @@ export interface GuardOptions {
   events?: GuardEvents;
   /** Connection counts and rates; the in-memory store by default. */
   store?: LimitStore;
+  /** Session ids start after this (workers: each its own range, so an id names one connection in the group). */
+  firstId?: number;
 }
 
 /** One open connection as the admin listener lists it (GET /connections). */
@@ -158,7 +160,7 @@ export async function startGuard(config: GuardConfig, options: GuardOptions = {}
   const meta = new Map<Session, ConnectionMeta & { openedAt: number }>();
   const pending = new Set<Socket>();
   let draining = false;
-  let lastId = 0;
+  let lastId = options.firstId ?? 0;
   const shared: Shared = {
     events, store: options.store ?? new MemoryStore(), holdBudget: new HoldBudget(config.limits.holdBudget),
     sessions, meta, bans: new Bans(), inFlight: new RequestSlots(), pending, nextId: () => ++lastId, draining: () => draining,
