@@ -101,9 +101,16 @@ export function answerOperator(operator: Operator): void {
 
 let lastOperatorRequest = 0;
 
-/** One worker's answer to an operator request, or a rejection naming the worker. */
-function askWorker(worker: Worker, request: OperatorRequest): Promise<OperatorReply> {
+/**
+ * Sends `request` to a worker and resolves with its reply: the message whose `key` carries the request's
+ * id. Rejects naming the worker when the reply holds an `error`, the worker cannot be reached, or it does
+ * not answer within `timeoutMs`.
+ */
+function askWorker<K extends string, R extends { error?: string | undefined }>(
+  worker: Worker, key: K, request: Record<K, number>, timeoutMs: number,
+): Promise<R> {
   const pid = worker.process.pid;
+  const id = request[key];
   return new Promise((resolve, reject) => {
     const done = () => {
       clearTimeout(timer);
@@ -113,10 +120,10 @@ function askWorker(worker: Worker, request: OperatorRequest): Promise<OperatorRe
       done();
       reject(new Error(`worker ${pid} ${why}`));
     };
-    const timer = setTimeout(() => fail(`did not answer within ${OPERATOR_TIMEOUT_MS} ms`), OPERATOR_TIMEOUT_MS);
+    const timer = setTimeout(() => fail(`did not answer within ${timeoutMs} ms`), timeoutMs);
     const onMessage = (message: unknown) => {
-      if (!has(message, 'wsGuardOperator') || message.wsGuardOperator !== request.wsGuardOperator) return;
-      const reply = message as unknown as OperatorReply;
+      if (!has(message, key) || message[key] !== id) return;
+      const reply = message as unknown as R;
       if (reply.error !== undefined) return fail(`failed: ${reply.error}`);
       done();
       resolve(reply);
@@ -138,7 +145,7 @@ function groupOperator(workers: () => Worker[]): Operator {
     const serving = workers();
     if (serving.length === 0) throw new Error('no worker is serving');
     const wsGuardOperator = ++lastOperatorRequest;
-    return Promise.all(serving.map((w) => askWorker(w, { ...request, wsGuardOperator })));
+    return Promise.all(serving.map((w) => askWorker<'wsGuardOperator', OperatorReply>(w, 'wsGuardOperator', { ...request, wsGuardOperator }, OPERATOR_TIMEOUT_MS)));
   };
   return {
     connections: async () => (await ask({ op: 'list' })).flatMap((r) => r.connections ?? []),
@@ -149,31 +156,11 @@ function groupOperator(workers: () => Worker[]): Operator {
 let lastMetricsRequest = 0;
 
 /** One worker's metrics, or a rejection naming the worker when it fails or does not answer in time. */
-function workerMetrics(worker: Worker): Promise<object[]> {
-  const id = ++lastMetricsRequest;
-  const pid = worker.process.pid;
-  return new Promise((resolve, reject) => {
-    const done = () => {
-      clearTimeout(timer);
-      worker.off('message', onMessage);
-    };
-    const fail = (why: string) => {
-      done();
-      reject(new Error(`worker ${pid} ${why}`));
-    };
-    const timer = setTimeout(() => fail(`did not answer within ${METRICS_TIMEOUT_MS} ms`), METRICS_TIMEOUT_MS);
-    const onMessage = (message: unknown) => {
-      if (!has(message, 'wsGuardMetrics') || message.wsGuardMetrics !== id) return;
-      const reply = message as unknown as MetricsReply;
-      if (reply.metrics === undefined) return fail(`failed: ${reply.error ?? 'no metrics'}`);
-      done();
-      resolve(reply.metrics);
-    };
-    worker.on('message', onMessage);
-    worker.send({ wsGuardMetrics: id } satisfies MetricsRequest, undefined, (err) => {
-      if (err) fail(`unreachable: ${err.message}`);
-    });
-  });
+async function workerMetrics(worker: Worker): Promise<object[]> {
+  const request: MetricsRequest = { wsGuardMetrics: ++lastMetricsRequest };
+  const reply = await askWorker<'wsGuardMetrics', MetricsReply>(worker, 'wsGuardMetrics', request, METRICS_TIMEOUT_MS);
+  if (reply.metrics === undefined) throw new Error(`worker ${worker.process.pid} failed: no metrics`);
+  return reply.metrics;
 }
 
 /**
