@@ -7,8 +7,9 @@
 #   chromium: the browser tests (Debian's build; no browser is ever downloaded)
 #   nginx-light: /usr/sbin/nginx running nginx.example.conf in front of ws-guard
 #   openssl: test certificates
+#   redis-server: the cluster-wide limit store (store.redis), started by the tests on ports they pick
 # Only shell builtins and dpkg-query, id and apt-get are used (test/setup.test.ts runs it against stand-ins).
-PACKAGES="python3-fastapi python3-uvicorn python3-websockets python3-socketio python3-engineio chromium nginx-light openssl"
+PACKAGES="python3-fastapi python3-uvicorn python3-websockets python3-socketio python3-engineio chromium nginx-light openssl redis-server"
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
   echo "ws-guard tests need Debian's packages (dpkg-query not found): $PACKAGES" >&2

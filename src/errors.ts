@@ -30,6 +30,8 @@ export const ERRORS = {
   CONNECTIONS_FULL: { status: 503, message: 'connection limit reached' },
   CONNECTIONS_PER_IP: { status: 429, message: 'too many connections from this address' },
   CONNECTIONS_PER_USER: { status: 429, message: 'too many connections for this user' },
+  /** store.onError: closed, and the shared limit store (Redis) cannot answer. */
+  STORE_UNAVAILABLE: { status: 503, message: 'limit store unavailable' },
   HTTP_DENIED: { status: 404, message: 'not found' },
   REQUEST_RATE: { status: 429, message: 'too many requests' },
   REQUESTS_IN_FLIGHT: { status: 429, message: 'too many requests in flight from this address' },

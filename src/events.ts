@@ -59,6 +59,15 @@ export interface RequestDone {
   durationMs: number;
 }
 
+/** The shared limit store (store.redis) went down or came back up. */
+export interface StoreTransition {
+  state: 'up' | 'down';
+  /** Why it went down, or what was written back when it came up. */
+  reason: string;
+  /** What admission does while it is down. */
+  onError: 'local' | 'open' | 'closed';
+}
+
 export interface SlotsEvent {
   pool: string;
   ratio: number;
@@ -84,6 +93,8 @@ export type GuardEventMap = {
   requestRefused: [RefusedEvent & { method: string }];
   /** A plain HTTP request is over (answered, refused, or the client left): one per request. */
   requestDone: [RequestDone];
+  /** The shared limit store went down (admission follows store.onError) or came back (counts written back). */
+  store: [StoreTransition];
   /** A bug: something threw that should not have. The connection concerned was dropped. */
   internalError: [{ err: unknown; where: string }];
 };

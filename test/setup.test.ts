@@ -76,6 +76,7 @@ describe('scripts/system-deps.sh', () => {
         'python3-socketio',
         'python3-uvicorn',
         'python3-websockets',
+        'redis-server',
       ].sort(),
     );
   });

@@ -5,6 +5,7 @@ import type { GuardConfig } from '../config/schema.js';
 import { serveLimits } from '../limits/ipc-store.js';
 import { MemoryStore } from '../limits/memory-store.js';
 import { startAdmin, type Admin, type Operator } from '../ops/admin.js';
+import { broadcastOperator, channelName, OperatorChannel } from '../ops/operator-channel.js';
 import type { ConnectionInfo, ConnectionSelector } from '../server/guard.js';
 import type { Logger } from '../ops/logger.js';
 import { startedThroughNpm, watchParent } from './parent.js';
@@ -94,7 +95,7 @@ export function answerOperator(operator: Operator): void {
     };
     const work = request.op === 'list'
       ? operator.connections().then((connections) => ({ connections }))
-      : operator.close(request.selector, request.banMs).then((closed) => ({ closed }));
+      : operator.close(request.selector, request.banMs).then(({ closed }) => ({ closed }));
     work.then(reply, (err: unknown) => reply({ error: err instanceof Error ? err.message : String(err) }));
   });
 }
@@ -149,7 +150,7 @@ function groupOperator(workers: () => Worker[]): Operator {
   };
   return {
     connections: async () => (await ask({ op: 'list' })).flatMap((r) => r.connections ?? []),
-    close: async (selector, banMs) => (await ask({ op: 'close', selector, banMs })).reduce((n, r) => n + (r.closed ?? 0), 0),
+    close: async (selector, banMs) => ({ closed: (await ask({ op: 'close', selector, banMs })).reduce((n, r) => n + (r.closed ?? 0), 0) }),
   };
 }
 
@@ -192,14 +193,19 @@ export async function runPrimary(config: GuardConfig, logger: Logger): Promise<v
   let stopping = false;
   let exitCode = 0;
 
+  // With store.redis the workers count in Redis themselves; the primary only sends operators' orders there.
+  const channel = config.store && new OperatorChannel(config.store, channelName(), [], undefined, logger);
   // Up before any worker: a busy admin address ends the start here, with nothing forked.
   let admin: Admin | undefined;
   if (config.admin) {
     try {
+      const group = groupOperator(() => [...serving]);
       admin = await startAdmin(config, {
         draining: () => stopping,
         metrics: () => groupMetrics([...serving]),
-        operator: groupOperator(() => [...serving]),
+        operator: channel ? broadcastOperator(group, channel) : group,
+        // The primary's own connection to Redis stands for its workers'.
+        storeReady: config.store?.onError === 'closed' ? () => channel!.ready : undefined,
       }, logger);
     } catch (err) {
       if (!(err instanceof ListenError)) throw err;
@@ -209,6 +215,7 @@ export async function runPrimary(config: GuardConfig, logger: Logger): Promise<v
 
   // The admin listener stays up until the last worker is gone, so /readyz answers 503 through the drain.
   const finish = () => {
+    channel?.close();
     void (admin?.close() ?? Promise.resolve()).then(() => logger.flush(() => process.exit(exitCode)));
   };
   const stop = (code: number) => {
@@ -248,7 +255,7 @@ export async function runPrimary(config: GuardConfig, logger: Logger): Promise<v
   const fork = () => {
     const worker = cluster.fork();
     live.add(worker);
-    serveLimits(worker, store);
+    if (!config.store) serveLimits(worker, store);
     // A failed fork or IPC write is reported here; unheard, it would throw in the primary and end the group.
     worker.on('error', (err: Error) => logger.error({ err, worker: worker.process.pid }, 'worker error'));
     let failure: string | undefined;

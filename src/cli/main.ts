@@ -15,6 +15,8 @@ import { ListenError, formatAddress } from '../server/listen.js';
 import { localOperator, startAdmin, type Admin } from '../ops/admin.js';
 import { createMetrics, metricsSource } from '../ops/metrics.js';
 import { IpcStore } from '../limits/ipc-store.js';
+import { RedisStore } from '../limits/redis-store.js';
+import { broadcastOperator, channelName, OperatorChannel } from '../ops/operator-channel.js';
 import { answerMetrics, answerOperator, exitOnStartupFailure, runPrimary, WORKER_ID_RANGE, workerCount } from './cluster.js';
 import { startedThroughNpm, watchParent } from './parent.js';
 import { parseDuration } from '../config/units.js';
@@ -75,16 +77,32 @@ async function run(config: GuardConfig, options: RunOptions = {}): Promise<void>
   // In a worker, slots and handshakes are counted by the primary, and it serves the admin listener.
   if (metrics && cluster.isWorker) answerMetrics(metrics);
   let admin: Admin | undefined;
+  // With store.redis every process (each worker too) is a replica of its own: no IPC store.
+  const redisStore = config.store && new RedisStore(config.store, (t) => events.emit('store', t), (err) => events.emit('internalError', { err, where: 'store' }));
+  await redisStore?.start();
+  let channel: OperatorChannel | undefined;
   try {
     const started = await startGuard(config, {
       events,
-      store: cluster.isWorker ? new IpcStore() : undefined,
+      store: redisStore ?? (cluster.isWorker ? new IpcStore() : undefined),
       firstId: cluster.isWorker ? cluster.worker!.id * WORKER_ID_RANGE : 0,
     });
     guard = started;
-    if (cluster.isWorker && config.admin) answerOperator(localOperator(started));
+    const local = localOperator(started);
+    if (config.store) {
+      // Every replica obeys orders from the others, with or without an admin listener of its own; a
+      // worker skips its primary's, which reached it over IPC already.
+      const ignore = cluster.isWorker ? [channelName(process.ppid)] : [];
+      channel = new OperatorChannel(config.store, channelName(), ignore, (selector, banMs) => void local.close(selector, banMs), logger);
+    }
+    if (cluster.isWorker && config.admin) answerOperator(local);
     if (metrics && cluster.isPrimary) {
-      admin = await startAdmin(config, { draining: () => started.draining, metrics: metricsSource(metrics), operator: localOperator(started) }, logger);
+      admin = await startAdmin(config, {
+        draining: () => started.draining,
+        metrics: metricsSource(metrics),
+        operator: channel ? broadcastOperator(local, channel) : local,
+        storeReady: config.store?.onError === 'closed' ? () => redisStore!.up : undefined,
+      }, logger);
     }
   } catch (err) {
     if (!(err instanceof ListenError)) throw err;
@@ -99,6 +117,9 @@ async function run(config: GuardConfig, options: RunOptions = {}): Promise<void>
     try {
       // The admin listener stays up through the drain, so /readyz answers 503 meanwhile.
       await running.drain();
+      // After the drain every slot is back; leaving tells the other replicas at once, not after leaseTtl.
+      await redisStore?.close();
+      channel?.close();
       await admin?.close();
       await options.onStop?.();
     } catch (err) {
@@ -116,7 +137,11 @@ async function run(config: GuardConfig, options: RunOptions = {}): Promise<void>
   if (reload === undefined) return;
   const apply = (trigger: string) => {
     try {
-      running.reload(reload());
+      const next = reload();
+      if (JSON.stringify(next.store) !== JSON.stringify(config.store)) {
+        logger.warn({ trigger }, 'config reload: store changes take effect at the next start; the running store stays');
+      }
+      running.reload(next);
       logger.info({ trigger }, 'config reloaded: new connections use it, open ones keep theirs');
     } catch (err) {
       // The old config stays: a bad edit must never take the guard down.

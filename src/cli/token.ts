@@ -18,14 +18,19 @@ export async function mintToken(jwt: JwtConfig, claims: { sub: string; ttlMs: nu
 
 /** The config as `check` prints it: secrets masked, key files named by path only, routes without auth as `auth: false`. */
 export function printable(value: unknown, key = ''): unknown {
-  if ((key === 'secret' || key === 'token') && typeof value === 'string') return '********';
+  if (['secret', 'token', 'password', 'sentinelPassword'].includes(key) && typeof value === 'string') return '********';
   // A route's auth is resolved: absent means no authentication there, which YAML would print as nothing at all.
   if (key === 'routes' && Array.isArray(value)) {
     return value.map((route: Record<string, unknown>) => printable({ ...route, auth: route.auth ?? false }));
   }
   // Files read into the config (public key, TLS certificate and key) are shown by their path.
   if (value !== null && typeof value === 'object' && 'path' in value && ('pem' in value)) return (value as { path: string }).path;
-  if (value instanceof URL) return value.href;
+  if (value instanceof URL) {
+    if (value.password === '') return value.href;
+    const masked = new URL(value.href);
+    masked.password = '********';
+    return masked.href;
+  }
   if (Array.isArray(value)) return value.map((v) => printable(v));
   if (value !== null && typeof value === 'object') {
     return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, printable(v, k)]));

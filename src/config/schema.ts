@@ -468,6 +468,63 @@ const admin = z.preprocess(
   }, { error: 'expected host:port or { listen: host:port, token: ... }' }),
 ).transform(({ listen, token }) => ({ ...listen, token }));
 
+/**
+ * The cluster-wide limit store (docs/scaling.md). `redis` is a redis:// or rediss:// URL, or the Sentinel
+ * form `{ sentinels: [host:port, ...], name }`, or the Cluster form `{ cluster: [host:port, ...] }`.
+ */
+const REDIS_URL = /^rediss?:\/\/[^\s]+$/;
+function redisUrl(text: string): URL | undefined {
+  if (!REDIS_URL.test(text.trim())) return undefined;
+  try {
+    const url = new URL(text.trim());
+    const db = url.pathname.replace(/^\//, '');
+    return url.hostname !== '' && /^(\d{1,2})?$/.test(db) ? url : undefined;
+  } catch {
+    return undefined;
+  }
+}
+const hostPorts = z.array(unit(parseHostPort, 'host:port'), { error: 'expected a list of host:port' }).min(1, 'expected at least one host:port');
+const redisCredentials = {
+  username: z.string({ error: 'expected a string' }).optional(),
+  password: z.string({ error: 'expected a string' }).optional(),
+  /** TLS to every node (the URL form says it with rediss://). */
+  tls: z.boolean({ error: 'expected true or false' }).default(false),
+};
+const redisTarget = z.union(
+  [
+    unit(redisUrl, 'a URL like redis://host:6379/0 or rediss://user:password@host:6380'),
+    z.strictObject({
+      sentinels: hostPorts,
+      /** The master's name, as the sentinels know it. */
+      name: z.string({ error: 'expected the master name' }).min(1, 'expected the master name'),
+      db: z.number({ error: 'expected a database number' }).int().min(0).max(15).default(0),
+      sentinelPassword: z.string({ error: 'expected a string' }).optional(),
+      ...redisCredentials,
+    }),
+    z.strictObject({ cluster: hostPorts, ...redisCredentials }),
+  ],
+  { error: 'expected redis://host:port/db, { sentinels: [host:port], name: master } or { cluster: [host:port] }' },
+);
+/** Redis Cluster puts keys with the same {hash tag} together; a prefix with braces would choose the tag instead. */
+const keyPrefix = z
+  .string({ error: 'expected a string' })
+  .min(1, 'expected at least one character')
+  .max(64, 'expected at most 64 characters')
+  .refine((p) => !/[{}\s]/.test(p), 'expected no braces or spaces (Redis Cluster reads {...} as a hash tag)');
+const store = z.strictObject({
+  redis: redisTarget,
+  keyPrefix: keyPrefix.default('ws-guard:'),
+  /** A replica that stops renewing its lease loses its connection slots after this. */
+  leaseTtl: measured(DURATION, { min: 1000, max: 10 * 60_000 }).default(15_000),
+  /** What admission does while Redis cannot answer: this replica's own limits, admit, or refuse (503). */
+  onError: z.enum(['local', 'open', 'closed'], { error: 'expected local, open or closed' }).default('local'),
+  /** The deadline of one call to Redis; past it the call counts as a failure (onError). */
+  timeout: measured(DURATION, { min: 10, max: 60_000 }).default(500),
+  /** Messages a replica may pass per user or address (limits.messages per: user|ip) before Redis confirms them. */
+  batch: positive.max(10_000).default(10),
+});
+export type StoreConfig = z.output<typeof store>;
+
 export const configSchema = z
   .strictObject({
     listen,
@@ -486,6 +543,8 @@ export const configSchema = z
     http: httpMode.optional(),
     routes: z.array(route).default([]),
     limits: limitsShape.optional(),
+    /** Limits shared by every replica through Redis; omitted = this process (and its workers) only. */
+    store: store.optional(),
   })
   .transform((config, ctx) => ({
     ...config,

@@ -26,6 +26,11 @@ export type SlotVerdict =
 export interface SharedBucket {
   take(now: number): boolean;
   waitMs(now: number): number;
+  /**
+   * True when `take` refused only because a shared store has not confirmed earlier messages yet: the
+   * session waits a moment instead of refusing (absent: every refusal is final).
+   */
+  undecided?(now: number): boolean;
   /** The connection no longer uses it. */
   release(): void;
 }

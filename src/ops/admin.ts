@@ -37,7 +37,14 @@ const MAX_BODY_BYTES = 8192;
 export interface Operator {
   connections(): Promise<ConnectionInfo[]>;
   /** Closes the matching connections (4003 both sides), first banning the user or address for `banMs`. */
-  close(selector: ConnectionSelector, banMs: number | undefined): Promise<number>;
+  close(selector: ConnectionSelector, banMs: number | undefined): Promise<CloseOutcome>;
+}
+
+export interface CloseOutcome {
+  /** Connections closed by this process (or its workers). */
+  closed: number;
+  /** With store.redis: the ws-guard processes the order reached through Redis, this one included. */
+  reached?: number;
 }
 
 /** The kill switch of one guard in this process. */
@@ -49,7 +56,7 @@ export function localOperator(guard: Pick<Guard, 'connections' | 'closeConnectio
         const kind: BanKind = 'user' in selector ? 'user' : 'ip';
         guard.bans.add(kind, 'user' in selector ? selector.user : (selector as { ip: string }).ip, banMs);
       }
-      return Promise.resolve(guard.closeConnections(selector));
+      return Promise.resolve({ closed: guard.closeConnections(selector) });
     },
   };
 }
@@ -120,6 +127,8 @@ export interface AdminSources {
   metrics: () => Promise<{ contentType: string; text: string }>;
   /** The kill switch; absent where this process cannot act on the connections (answered 501). */
   operator?: Operator | undefined;
+  /** With store.onError: closed, whether the shared limit store answers (else every upgrade gets 503). */
+  storeReady?: (() => boolean) | undefined;
 }
 
 /** An error as one line of an HTTP answer. */
@@ -180,9 +189,9 @@ export async function startAdmin(config: GuardConfig, sources: AdminSources, log
       if (!(err instanceof BadRequest)) throw err;
       return json(res, 400, { error: err.message });
     }
-    return operator.close(request.selector, request.banMs).then((closed) => {
-      logger?.warn({ ...request.selector, banMs: request.banMs, closed }, 'admin: connections closed by an operator');
-      json(res, 200, { closed });
+    return operator.close(request.selector, request.banMs).then((outcome) => {
+      logger?.warn({ ...request.selector, banMs: request.banMs, ...outcome }, 'admin: connections closed by an operator');
+      json(res, 200, outcome);
     }, unavailable);
   };
   const answer = async (req: http.IncomingMessage, res: http.ServerResponse) => {
@@ -192,6 +201,7 @@ export async function startAdmin(config: GuardConfig, sources: AdminSources, log
     if (path === '/healthz') return text(res, 200, 'ok\n');
     if (path === '/readyz') {
       if (sources.draining()) return text(res, 503, 'draining\n');
+      if (sources.storeReady?.() === false) return text(res, 503, 'limit store unreachable (store.onError: closed)\n');
       return (await upstreamUp()) ? text(res, 200, 'ready\n') : text(res, 503, 'upstream unreachable\n');
     }
     if (path === '/metrics') {

@@ -35,5 +35,9 @@ export function attachLogger(events: GuardEvents, logger: Logger): void {
   });
   events.on('requestDone', (e) => logger.debug({ ...e, route: e.route === undefined ? undefined : routeName(e.route) }, 'request done'));
   events.on('draining', (e) => logger.info(e, 'draining'));
+  events.on('store', (e) => {
+    if (e.state === 'down') logger.warn({ reason: e.reason, onError: e.onError }, `limit store unreachable: admission follows store.onError (${e.onError})`);
+    else logger.info({ reason: e.reason }, 'limit store reachable: this replica\'s slot counts written back');
+  });
   events.on('internalError', (e) => logger.error({ err: e.err, where: e.where }, 'internal error'));
 }

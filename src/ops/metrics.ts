@@ -131,6 +131,19 @@ export function createMetrics(config: GuardConfig, events: GuardEvents, guard: (
     },
   });
 
+  if (config.store) {
+    // With workers the primary reports the lowest: 0 when any worker cannot reach the store.
+    const up = new Gauge({
+      name: 'ws_guard_store_up', help: 'Whether the shared limit store (Redis) answers: 1 yes, 0 no (store.onError applies)', registers: [registry], aggregator: 'min',
+    });
+    const transitions = new Counter({
+      name: 'ws_guard_store_transitions_total', help: 'Times the shared limit store went down or came back up', labelNames: ['state'], registers: [registry],
+    });
+    events.on('store', (e) => {
+      up.set(e.state === 'up' ? 1 : 0);
+      transitions.inc({ state: e.state });
+    });
+  }
   events.on('opened', (e) => {
     activeByRoute.set(e.route, (activeByRoute.get(e.route) ?? 0) + 1);
     opened.inc({ route: routeName(e.route) });

@@ -13,11 +13,12 @@ export interface SessionLimits {
 }
 
 /** The per-message rate check for one connection: a token per message, or how long to wait for one. */
-function messageCheck(bucket: { take(now: number): boolean; waitMs(now: number): number }, onExceed: 'close' | 'throttle'): () => number {
+function messageCheck(bucket: Pick<SharedBucket, 'take' | 'waitMs' | 'undecided'>, onExceed: 'close' | 'throttle'): () => number {
   return () => {
     const now = Date.now();
     if (bucket.take(now)) return MESSAGE_OK;
-    return onExceed === 'close' ? MESSAGE_REFUSE : Math.max(1, bucket.waitMs(now));
+    if (onExceed === 'close' && bucket.undecided?.(now) !== true) return MESSAGE_REFUSE;
+    return Math.max(1, bucket.waitMs(now));
   };
 }
 

@@ -1,0 +1,291 @@
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import type { StoreConfig } from '../config/schema.js';
+import type { Rate } from '../config/units.js';
+import { GuardError } from '../errors.js';
+import type { StoreTransition } from '../events.js';
+import { TokenBucket } from './bucket.js';
+import { CreditBucket, type Spent } from './credit-bucket.js';
+import { MemoryStore } from './memory-store.js';
+import { connectRedis, runScript, type RedisConnection } from './redis-client.js';
+import { SlotLedger } from './slot-ledger.js';
+import type { LimitStore, SharedBucket, SlotRequest, SlotVerdict } from './store.js';
+
+export type StoreState = StoreTransition['state'];
+
+const KINDS = ['total', 'perIp', 'perUser'] as const;
+type Kind = (typeof KINDS)[number];
+
+interface Counter {
+  key: string;
+  cap: number;
+  kind: Kind;
+  pool: string;
+}
+
+/** Forgets idle message buckets this often (their state lives in Redis). */
+const SWEEP_MS = 60_000;
+
+/** One line for a log: the reason, never a URL (it may carry a password). */
+function describe(err: unknown): string {
+  return err instanceof Error ? err.message.replace(/rediss?:\/\/\S*/g, 'redis://…') : String(err);
+}
+
+/**
+ * The cluster-wide limit store (store.redis): connection slots exact across replicas, handshake and
+ * request rates as GCRA buckets in Redis, per-message buckets spent on credit in batches (CreditBucket).
+ *
+ * Every slot this replica holds is also kept in its ledger. While Redis cannot answer (down, slower than
+ * store.timeout, or it lost this replica's lease) admission follows onError: `local` checks the ledger
+ * against the same caps, `open` admits, `closed` refuses with 503. A probe then waits for Redis, and once
+ * no call is in flight the ledger is written back in one script (RECONCILE), replacing whatever Redis had
+ * for this replica: counts match the live connections again, whatever was opened and closed meanwhile.
+ */
+export class RedisStore implements LimitStore {
+  /** New for every process: a restarted replica never inherits, nor frees, the slots of its previous life. */
+  readonly id = `${hostname()}/${process.pid}/${randomBytes(4).toString('hex')}`;
+  private readonly client: RedisConnection;
+  private readonly ledger = new SlotLedger();
+  private readonly local = new MemoryStore();
+  private readonly credit = new Map<string, CreditBucket>();
+  private readonly keys: { replicas: string; mine: string; setPrefix: string; counter: string; rate: string; messages: string };
+  private state: StoreState = 'down';
+  /** Slot scripts sent and not answered: the ledger is written back only when none is. */
+  private pending = 0;
+  private probing = false;
+  private closed = false;
+  private readonly timers: NodeJS.Timeout[] = [];
+  private readonly renewEvery: number;
+  private lastRenew = 0;
+
+  constructor(
+    private readonly config: StoreConfig,
+    private readonly onTransition: (t: StoreTransition) => void = () => {},
+    private readonly onInternalError: (err: unknown) => void = () => {},
+  ) {
+    const p = config.keyPrefix;
+    this.keys = {
+      replicas: `${p}{slots}:replicas`,
+      mine: `${p}{slots}:r:${this.id}`,
+      setPrefix: `${p}{slots}:r:`,
+      counter: `${p}{slots}:c:`,
+      rate: `${p}rate:`,
+      messages: `${p}msg:`,
+    };
+    this.client = connectRedis(config, 'limits');
+    // ioredis reports every failed reconnect here; the store reports transitions, once each.
+    this.client.on('error', () => {});
+    this.client.on('ready', () => {
+      if (this.state === 'down') void this.recover(undefined);
+    });
+    // Renewing three times per leaseTtl survives one lost renewal; probing a down Redis runs at least every second.
+    this.renewEvery = Math.floor(config.leaseTtl / 3);
+    this.timers.push(setInterval(() => this.tick(), Math.min(1000, this.renewEvery)));
+    this.timers.push(setInterval(() => this.sweep(), SWEEP_MS));
+    for (const t of this.timers) t.unref();
+  }
+
+  /** Waits (at most the connect timeout) for Redis and registers this replica; down is an answer too. */
+  async start(): Promise<StoreState> {
+    const deadline = Math.max(this.config.timeout, 1000);
+    await new Promise<void>((resolve) => {
+      if (this.client.status === 'ready') return resolve();
+      const timer = setTimeout(done, deadline);
+      function done() {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.client.once('ready', done);
+    });
+    await this.recover(this.client.status === 'ready' ? undefined : 'Redis not reachable at startup');
+    return this.state;
+  }
+
+  get up(): boolean {
+    return this.state === 'up';
+  }
+
+  /** Slots this replica holds in one counter, for tests and the usage gauge. */
+  held(key: string): number {
+    return this.ledger.count(key);
+  }
+
+  private counters(requests: readonly SlotRequest[], ip: string, user: string | undefined): Counter[] {
+    const out: Counter[] = [];
+    for (const { pool, limits } of requests) {
+      const name = `${pool.length}:${pool}`;
+      if (limits.total !== undefined) out.push({ key: `${this.keys.counter}t:${name}`, cap: limits.total, kind: 'total', pool });
+      if (limits.perIp !== undefined) out.push({ key: `${this.keys.counter}i:${name}:${ip}`, cap: limits.perIp, kind: 'perIp', pool });
+      if (limits.perUser !== undefined && user !== undefined) {
+        out.push({ key: `${this.keys.counter}u:${name}:${user}`, cap: limits.perUser, kind: 'perUser', pool });
+      }
+    }
+    return out;
+  }
+
+  async acquireSlots(requests: readonly SlotRequest[], ip: string, user: string | undefined): Promise<SlotVerdict> {
+    const counters = this.counters(requests, ip, user);
+    const keys = counters.map((c) => c.key);
+    if (this.state === 'up' && counters.length > 0) {
+      this.pending++;
+      let reply: number[] | undefined;
+      try {
+        reply = (await runScript(this.client, 'wsgAcquire', [this.keys.replicas, this.keys.mine, ...keys], [this.id, ...counters.map((c) => c.cap)])) as number[];
+      } catch (err) {
+        this.down(describe(err));
+      } finally {
+        this.pending--;
+      }
+      if (reply?.[0] === 1) {
+        this.ledger.add(keys);
+        const usage = counters.flatMap((c, i) => (c.kind === 'total' ? [{ pool: c.pool, ratio: Number(reply[i + 1]) / c.cap }] : []));
+        return { ok: true, usage, lease: this.lease(keys) };
+      }
+      if (reply?.[0] === 0) return { ok: false, refused: counters[Number(reply[1]) - 1]?.kind ?? 'total' };
+      if (reply !== undefined) this.down('this replica lost its lease (Redis restarted, or this process paused longer than leaseTtl)');
+    }
+    return this.fallbackSlots(counters, requests);
+  }
+
+  private fallbackSlots(counters: Counter[], requests: readonly SlotRequest[]): SlotVerdict {
+    const keys = counters.map((c) => c.key);
+    if (this.config.onError === 'closed' && counters.length > 0) throw new GuardError('STORE_UNAVAILABLE', undefined, { 'Retry-After': '5' });
+    if (this.config.onError === 'local') {
+      const full = this.ledger.full(counters);
+      if (full >= 0) return { ok: false, refused: counters[full]!.kind };
+    }
+    this.ledger.add(keys);
+    const usage = requests.flatMap(({ pool, limits }) =>
+      limits.total === undefined ? [] : [{ pool, ratio: this.ledger.count(`${this.keys.counter}t:${pool.length}:${pool}`) / limits.total }],
+    );
+    return { ok: true, usage, lease: this.lease(keys) };
+  }
+
+  private lease(keys: string[]): { release(): void } {
+    let released = false;
+    return {
+      release: () => {
+        if (released) return;
+        released = true;
+        this.ledger.remove(keys);
+        // While down, the ledger alone changes: reconciliation writes it back.
+        if (this.state !== 'up' || keys.length === 0) return;
+        runScript(this.client, 'wsgRelease', [this.keys.mine, ...keys], [this.id]).catch((err: unknown) => this.down(describe(err)));
+      },
+    };
+  }
+
+  async takeHandshake(key: string, rate: Rate, burst: number): Promise<number> {
+    if (this.state === 'up') {
+      try {
+        return Number(await runScript(this.client, 'wsgTakeOne', [this.keys.rate + key], [rate.periodMs / rate.count, burst]));
+      } catch (err) {
+        this.down(describe(err));
+      }
+    }
+    if (this.config.onError === 'closed') throw new GuardError('STORE_UNAVAILABLE', undefined, { 'Retry-After': '5' });
+    return this.config.onError === 'open' ? 0 : this.local.takeHandshake(key, rate, burst);
+  }
+
+  sharedBucket(key: string, rate: Rate, burst: number): SharedBucket {
+    let bucket = this.credit.get(key);
+    if (bucket === undefined) {
+      const perMs = rate.count / rate.periodMs;
+      bucket = new CreditBucket({
+        batch: this.config.batch,
+        remote: () => this.state === 'up',
+        fallback: new TokenBucket(rate, burst, Date.now()),
+        spend: (n) => this.spend(this.keys.messages + key, n, perMs, burst),
+        failed: (err) => this.down(describe(err)),
+      });
+      this.credit.set(key, bucket);
+    }
+    bucket.users++;
+    const shared = bucket;
+    let released = false;
+    return {
+      take: (now) => shared.take(now),
+      waitMs: (now) => shared.waitMs(now),
+      undecided: (now) => shared.undecided(now),
+      release: () => {
+        if (released) return;
+        released = true;
+        shared.release();
+      },
+    };
+  }
+
+  private async spend(key: string, n: number, perMs: number, burst: number): Promise<Spent> {
+    const [tokens, waitMs] = (await runScript(this.client, 'wsgSpend', [key], [n, perMs, burst])) as [string, number];
+    return { tokens: Number(tokens), waitMs: Number(waitMs) };
+  }
+
+  private down(reason: string): void {
+    if (this.state === 'down' || this.closed) return;
+    this.state = 'down';
+    this.onTransition({ state: 'down', reason, onError: this.config.onError });
+    void this.recover(undefined);
+  }
+
+  /** Renews the lease while up; probes and writes the ledger back while down. */
+  private tick(): void {
+    if (this.closed) return;
+    if (this.state === 'down') {
+      void this.recover(undefined);
+      return;
+    }
+    if (Date.now() - this.lastRenew < this.renewEvery) return;
+    this.lastRenew = Date.now();
+    runScript(this.client, 'wsgRenew', [this.keys.replicas], [this.keys.setPrefix, this.id, this.config.leaseTtl]).then(
+      (renewed) => {
+        if (Number(renewed) !== 1) this.down('this replica lost its lease (Redis restarted, or this process paused longer than leaseTtl)');
+      },
+      (err: unknown) => this.down(describe(err)),
+    );
+  }
+
+  /**
+   * Writes the ledger back and goes up, if Redis answers and no slot script is in flight (one sent before
+   * the trouble could still land after the write-back and count twice). Otherwise the next tick retries.
+   */
+  private async recover(startupFailure: string | undefined): Promise<void> {
+    if (this.probing || this.closed) return;
+    if (startupFailure !== undefined) {
+      this.onTransition({ state: 'down', reason: startupFailure, onError: this.config.onError });
+      return;
+    }
+    if (this.pending > 0 || this.client.status !== 'ready') return;
+    this.probing = true;
+    try {
+      await runScript(this.client, 'wsgReconcile', [this.keys.replicas, this.keys.mine], [this.keys.setPrefix, this.id, this.config.leaseTtl, ...this.ledger.flatten()]);
+      if (this.closed) return;
+      this.lastRenew = Date.now();
+      this.state = 'up';
+      this.onTransition({ state: 'up', reason: `${this.ledger.size} slot counters written back`, onError: this.config.onError });
+    } catch {
+      // Still down: the next tick tries again.
+    } finally {
+      this.probing = false;
+    }
+  }
+
+  private sweep(): void {
+    try {
+      for (const [key, bucket] of this.credit) if (bucket.idle()) this.credit.delete(key);
+    } catch (err) {
+      this.onInternalError(err);
+    }
+  }
+
+  /** Gives back this replica's slots at once (a replica leaving on purpose) and disconnects. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const t of this.timers) clearInterval(t);
+    this.local.close();
+    if (this.state === 'up') {
+      await runScript(this.client, 'wsgResign', [this.keys.replicas, this.keys.mine], [this.id]).catch(() => {});
+    }
+    this.client.disconnect();
+  }
+}
