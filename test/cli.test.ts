@@ -67,6 +67,18 @@ describe('ws-guard CLI', () => {
     expect(result.stdout).not.toContain(token);
   });
 
+  it('check: masks the Redis passwords, in the URL and in the Sentinel form', () => {
+    const pw = 'redis-password-for-the-cli-test';
+    const url = file('store-url.yaml', 'listen: 127.0.0.1:8080\nupstream: http://127.0.0.1:8000\nstore:\n  redis: redis://app:${REDIS_PASSWORD}@10.0.0.5:6379/0\n');
+    const sentinel = file('store-sentinel.yaml', 'listen: 127.0.0.1:8080\nupstream: http://127.0.0.1:8000\nstore:\n  redis:\n    sentinels: [10.0.0.5:26379]\n    name: main\n    password: ${REDIS_PASSWORD}\n    sentinelPassword: ${REDIS_PASSWORD}\n');
+    for (const path of [url, sentinel]) {
+      const result = cliWith({ REDIS_PASSWORD: pw }, 'check', path);
+      expect(result.status).toBe(0);
+      expect(result.stdout).toMatch(/\*{8}/);
+      expect(result.stdout).not.toContain(pw);
+    }
+  });
+
   it('token: mints a token signed with the configured secret', async () => {
     const result = cli('token', '--config', join(root, 'config/guard.example.yaml'), '--sub', 'alice', '--ttl', '10m');
     expect(result.status).toBe(0);

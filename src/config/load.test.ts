@@ -374,3 +374,35 @@ describe('config: admin', () => {
     expect(problemsOf({ ...base, admin: { listen: '127.0.0.1:9901', tokn: 'x' } })[0]).toMatch(/^admin.tokn: unknown key/);
   });
 });
+
+describe('config: store', () => {
+  const base = { listen: '127.0.0.1:8080', upstream: 'http://127.0.0.1:8000' };
+
+  it('is absent by default, and takes a URL with defaults for the rest', () => {
+    expect(parseConfig(base, {}).store).toBeUndefined();
+    const { store } = parseConfig({ ...base, store: { redis: 'redis://:${REDIS_PASSWORD}@127.0.0.1:6379/2' } }, { REDIS_PASSWORD: 'pw' });
+    expect(store?.redis).toBeInstanceOf(URL);
+    expect((store?.redis as URL).password).toBe('pw');
+    expect({ ...store, redis: undefined }).toEqual({ redis: undefined, keyPrefix: 'ws-guard:', leaseTtl: 15_000, onError: 'local', timeout: 500, batch: 10 });
+  });
+
+  it('takes the Sentinel and Cluster forms', () => {
+    const sentinel = parseConfig({ ...base, store: { redis: { sentinels: ['10.0.0.1:26379', '10.0.0.2:26379'], name: 'mymaster' } } }, {}).store;
+    expect(sentinel?.redis).toEqual({ sentinels: [{ host: '10.0.0.1', port: 26379 }, { host: '10.0.0.2', port: 26379 }], name: 'mymaster', db: 0, tls: false });
+    const clustered = parseConfig({ ...base, store: { redis: { cluster: ['10.0.0.1:7000'], password: 'x' } } }, {}).store;
+    expect(clustered?.redis).toEqual({ cluster: [{ host: '10.0.0.1', port: 7000 }], password: 'x', tls: false });
+  });
+
+  it('names each wrong key', () => {
+    const problems = problemsOf({
+      ...base,
+      store: { redis: 'http://127.0.0.1:6379', keyPrefix: 'a{b}', leaseTtl: '500ms', onError: 'maybe', timeout: '0s', batch: 0 },
+    });
+    expect(problems.map((p) => p.split(':')[0])).toEqual(['store.redis', 'store.keyPrefix', 'store.leaseTtl', 'store.onError', 'store.timeout', 'store.batch']);
+  });
+
+  it('refuses a URL without a host or with a database beyond two digits', () => {
+    expect(problemsOf({ ...base, store: { redis: 'redis://' } })[0]).toMatch(/^store\.redis: expected/);
+    expect(problemsOf({ ...base, store: { redis: 'redis://127.0.0.1:6379/123' } })[0]).toMatch(/^store\.redis: expected/);
+  });
+});
