@@ -4,6 +4,7 @@ import { AggregatorRegistry, type Registry } from 'prom-client';
 import type { GuardConfig } from '../config/schema.js';
 import { serveLimits } from '../limits/ipc-store.js';
 import { MemoryStore } from '../limits/memory-store.js';
+import { resignReplica } from '../limits/redis-store.js';
 import { startAdmin, type Admin, type Operator } from '../ops/admin.js';
 import { broadcastOperator, channelName, OperatorChannel } from '../ops/operator-channel.js';
 import type { ConnectionInfo, ConnectionSelector } from '../server/guard.js';
@@ -259,12 +260,19 @@ export async function runPrimary(config: GuardConfig, logger: Logger): Promise<v
     // A failed fork or IPC write is reported here; unheard, it would throw in the primary and end the group.
     worker.on('error', (err: Error) => logger.error({ err, worker: worker.process.pid }, 'worker error'));
     let failure: string | undefined;
+    let replica: string | undefined;
     worker.on('message', (message: unknown) => {
       if (has(message, 'wsGuardStartup') && typeof message.wsGuardStartup === 'string') failure = message.wsGuardStartup;
+      if (has(message, 'wsGuardReplica') && typeof message.wsGuardReplica === 'string') replica = message.wsGuardReplica;
     });
     worker.once('listening', () => serving.add(worker));
     worker.once('exit', (code: number | null, signal: string | null) => {
       const wasServing = serving.delete(worker);
+      if (channel && replica !== undefined) {
+        resignReplica(channel.publisher, config.store!.keyPrefix, replica).catch((err: unknown) => {
+          logger.warn({ worker: worker.process.pid, err: err instanceof Error ? err.message : String(err) }, 'could not free the slots of an exited worker; its lease frees them');
+        });
+      }
       // The line a worker sends just before exiting can arrive after 'exit'; 'disconnect' comes after it.
       const settle = () => exited(worker, wasServing, failure, code, signal);
       if (worker.isConnected()) worker.once('disconnect', settle);

@@ -80,6 +80,8 @@ async function run(config: GuardConfig, options: RunOptions = {}): Promise<void>
   // With store.redis every process (each worker too) is a replica of its own: no IPC store.
   const redisStore = config.store && new RedisStore(config.store, (t) => events.emit('store', t), (err) => events.emit('internalError', { err, where: 'store' }));
   await redisStore?.start();
+  // The primary frees a worker's slots the moment it exits, rather than when its lease runs out.
+  if (redisStore && cluster.isWorker) process.send!({ wsGuardReplica: redisStore.id }, undefined, {}, () => {});
   let channel: OperatorChannel | undefined;
   try {
     const started = await startGuard(config, {

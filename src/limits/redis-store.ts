@@ -23,6 +23,27 @@ interface Counter {
   pool: string;
 }
 
+/** The slot keys of one replica (redis-scripts.ts describes them). */
+function slotKeys(prefix: string, id: string) {
+  return {
+    replicas: `${prefix}{slots}:replicas`,
+    mine: `${prefix}{slots}:r:${id}`,
+    setPrefix: `${prefix}{slots}:r:`,
+    counter: `${prefix}{slots}:c:`,
+    rate: `${prefix}rate:`,
+    messages: `${prefix}msg:`,
+  };
+}
+
+/**
+ * Frees at once every slot of a replica known to be gone: the primary of `workers: N` calls it when a
+ * worker exits, instead of leaving its slots counted until its lease runs out.
+ */
+export function resignReplica(client: RedisConnection, prefix: string, id: string): Promise<unknown> {
+  const keys = slotKeys(prefix, id);
+  return runScript(client, 'wsgResign', [keys.replicas, keys.mine], [id]);
+}
+
 /** Forgets idle message buckets this often (their state lives in Redis). */
 const SWEEP_MS = 60_000;
 
@@ -48,7 +69,7 @@ export class RedisStore implements LimitStore {
   private readonly ledger = new SlotLedger();
   private readonly local = new MemoryStore();
   private readonly credit = new Map<string, CreditBucket>();
-  private readonly keys: { replicas: string; mine: string; setPrefix: string; counter: string; rate: string; messages: string };
+  private readonly keys: ReturnType<typeof slotKeys>;
   private state: StoreState = 'down';
   /** Slot scripts sent and not answered: the ledger is written back only when none is. */
   private pending = 0;
@@ -63,15 +84,7 @@ export class RedisStore implements LimitStore {
     private readonly onTransition: (t: StoreTransition) => void = () => {},
     private readonly onInternalError: (err: unknown) => void = () => {},
   ) {
-    const p = config.keyPrefix;
-    this.keys = {
-      replicas: `${p}{slots}:replicas`,
-      mine: `${p}{slots}:r:${this.id}`,
-      setPrefix: `${p}{slots}:r:`,
-      counter: `${p}{slots}:c:`,
-      rate: `${p}rate:`,
-      messages: `${p}msg:`,
-    };
+    this.keys = slotKeys(config.keyPrefix, this.id);
     this.client = connectRedis(config, 'limits');
     // ioredis reports every failed reconnect here; the store reports transitions, once each.
     this.client.on('error', () => {});
@@ -284,7 +297,7 @@ export class RedisStore implements LimitStore {
     for (const t of this.timers) clearInterval(t);
     this.local.close();
     if (this.state === 'up') {
-      await runScript(this.client, 'wsgResign', [this.keys.replicas, this.keys.mine], [this.id]).catch(() => {});
+      await resignReplica(this.client, this.config.keyPrefix, this.id).catch(() => {});
     }
     this.client.disconnect();
   }

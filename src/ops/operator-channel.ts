@@ -44,7 +44,8 @@ export function parseOrder(text: string): Order | undefined {
  * the same user. Orders by connection id stay on the replica that listed them: ids are per replica.
  */
 export class OperatorChannel {
-  private readonly publisher: RedisConnection;
+  /** Commands of this process's own (orders, bans; the primary frees a dead worker's slots with it). */
+  readonly publisher: RedisConnection;
   private readonly subscriber: RedisConnection;
   private readonly channel: string;
   private readonly bansKey: string;
