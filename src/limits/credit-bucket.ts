@@ -90,7 +90,13 @@ export class CreditBucket implements SharedBucket {
     if (n === 0) return;
     this.owed = 0;
     this.inFlight = n;
-    this.options.spend(n).then(
+    let spent: Promise<Spent>;
+    try {
+      spent = this.options.spend(n);
+    } catch (err) {
+      spent = Promise.reject(err);
+    }
+    spent.then(
       ({ tokens, waitMs }) => {
         this.inFlight = 0;
         this.closedUntil = tokens < 1 ? this.now() + waitMs : 0;

@@ -73,11 +73,14 @@ export class RedisStore implements LimitStore {
   private state: StoreState = 'down';
   /** Slot scripts sent and not answered: the ledger is written back only when none is. */
   private pending = 0;
-  private probing = false;
+  private probe: Promise<void> | undefined;
+  /** The state logs and metrics last heard of: undefined until the first answer (or failure) at startup. */
+  private announced: StoreState | undefined;
   private closed = false;
   private readonly timers: NodeJS.Timeout[] = [];
   private readonly renewEvery: number;
   private lastRenew = 0;
+  private lastError: string | undefined;
 
   constructor(
     private readonly config: StoreConfig,
@@ -86,10 +89,12 @@ export class RedisStore implements LimitStore {
   ) {
     this.keys = slotKeys(config.keyPrefix, this.id);
     this.client = connectRedis(config, 'limits');
-    // ioredis reports every failed reconnect here; the store reports transitions, once each.
-    this.client.on('error', () => {});
+    // ioredis reports every failed reconnect here; the store reports transitions, once each, with the last.
+    this.client.on('error', (err: unknown) => {
+      this.lastError = describe(err);
+    });
     this.client.on('ready', () => {
-      if (this.state === 'down') void this.recover(undefined);
+      if (this.state === 'down') void this.recover();
     });
     // Renewing three times per leaseTtl survives one lost renewal; probing a down Redis runs at least every second.
     this.renewEvery = Math.floor(config.leaseTtl / 3);
@@ -110,7 +115,8 @@ export class RedisStore implements LimitStore {
       }
       this.client.once('ready', done);
     });
-    await this.recover(this.client.status === 'ready' ? undefined : 'Redis not reachable at startup');
+    await this.recover();
+    if (this.state === 'down') this.down(`not reachable at startup: ${this.lastError ?? 'no answer'}`);
     return this.state;
   }
 
@@ -191,7 +197,10 @@ export class RedisStore implements LimitStore {
   async takeHandshake(key: string, rate: Rate, burst: number): Promise<number> {
     if (this.state === 'up') {
       try {
-        return Number(await runScript(this.client, 'wsgTakeOne', [this.keys.rate + key], [rate.periodMs / rate.count, burst]));
+        const waitMs = Number(await runScript(this.client, 'wsgTakeOne', [this.keys.rate + key], [rate.periodMs / rate.count, burst]));
+        // Redis is outside input too: an answer that is not a number is a failure, never an admission.
+        if (Number.isFinite(waitMs) && waitMs >= 0) return waitMs;
+        this.down(`unexpected answer from Redis: ${String(waitMs)}`);
       } catch (err) {
         this.down(describe(err));
       }
@@ -229,22 +238,36 @@ export class RedisStore implements LimitStore {
   }
 
   private async spend(key: string, n: number, perMs: number, burst: number): Promise<Spent> {
-    const [tokens, waitMs] = (await runScript(this.client, 'wsgSpend', [key], [n, perMs, burst])) as [string, number];
-    return { tokens: Number(tokens), waitMs: Number(waitMs) };
+    const reply = await runScript(this.client, 'wsgSpend', [key], [n, perMs, burst]);
+    const [tokens, waitMs] = Array.isArray(reply) ? reply.map(Number) : [];
+    if (!Number.isFinite(tokens) || !Number.isFinite(waitMs)) throw new Error('unexpected answer from Redis to a token spend');
+    return { tokens: tokens!, waitMs: waitMs! };
   }
 
+  /** The next tick (at most a second away) or Redis's next 'ready' tries to come back up. */
   private down(reason: string): void {
-    if (this.state === 'down' || this.closed) return;
+    if (this.closed) return;
     this.state = 'down';
-    this.onTransition({ state: 'down', reason, onError: this.config.onError });
-    void this.recover(undefined);
+    this.lastError = reason;
+    if (this.announced === 'down') return;
+    this.announced = 'down';
+    this.report({ state: 'down', reason, onError: this.config.onError });
+  }
+
+  /** Called from timers and promise handlers: a listener that throws must not escape from them. */
+  private report(transition: StoreTransition): void {
+    try {
+      this.onTransition(transition);
+    } catch (err) {
+      this.onInternalError(err);
+    }
   }
 
   /** Renews the lease while up; probes and writes the ledger back while down. */
   private tick(): void {
     if (this.closed) return;
     if (this.state === 'down') {
-      void this.recover(undefined);
+      void this.recover();
       return;
     }
     if (Date.now() - this.lastRenew < this.renewEvery) return;
@@ -259,27 +282,30 @@ export class RedisStore implements LimitStore {
 
   /**
    * Writes the ledger back and goes up, if Redis answers and no slot script is in flight (one sent before
-   * the trouble could still land after the write-back and count twice). Otherwise the next tick retries.
+   * the trouble could land before the write-back and be erased by it). Calls made after the write-back
+   * is sent go to Redis at once: on the one connection they run after it, so they count on top of the
+   * ledger it wrote; if it fails, they fail too (or find the lease missing) and the store goes down again.
    */
-  private async recover(startupFailure: string | undefined): Promise<void> {
-    if (this.probing || this.closed) return;
-    if (startupFailure !== undefined) {
-      this.onTransition({ state: 'down', reason: startupFailure, onError: this.config.onError });
-      return;
-    }
-    if (this.pending > 0 || this.client.status !== 'ready') return;
-    this.probing = true;
-    try {
-      await runScript(this.client, 'wsgReconcile', [this.keys.replicas, this.keys.mine], [this.keys.setPrefix, this.id, this.config.leaseTtl, ...this.ledger.flatten()]);
-      if (this.closed) return;
-      this.lastRenew = Date.now();
-      this.state = 'up';
-      this.onTransition({ state: 'up', reason: `${this.ledger.size} slot counters written back`, onError: this.config.onError });
-    } catch {
-      // Still down: the next tick tries again.
-    } finally {
-      this.probing = false;
-    }
+  private recover(): Promise<void> {
+    if (this.closed || this.state === 'up' || this.pending > 0 || this.client.status !== 'ready') return this.probe ?? Promise.resolve();
+    this.state = 'up';
+    this.probe = runScript(this.client, 'wsgReconcile', [this.keys.replicas, this.keys.mine], [this.keys.setPrefix, this.id, this.config.leaseTtl, ...this.ledger.flatten()]).then(
+      () => {
+        this.probe = undefined;
+        this.lastRenew = Date.now();
+        if (this.state === 'up' && this.announced !== 'up') {
+          this.announced = 'up';
+          this.report({ state: 'up', reason: `${this.ledger.size} slot counters written back`, onError: this.config.onError });
+        }
+      },
+      (err: unknown) => {
+        this.probe = undefined;
+        this.lastError = describe(err);
+        // Still down (never announced up): the next tick tries again.
+        this.state = 'down';
+      },
+    );
+    return this.probe;
   }
 
   private sweep(): void {
