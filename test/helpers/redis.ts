@@ -29,11 +29,15 @@ process.once('exit', () => {
   for (const child of servers) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
 });
 
-async function launch(port: number): Promise<ChildProcess> {
-  // No persistence, loopback only, and it ends when the test process's pipe closes (stdin EOF is not
-  // watched by Redis, so the exit hook above and stop() do that).
-  const child = spawn(REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'yes'], {
+/**
+ * Starts redis-server on 127.0.0.1:port with no persistence and waits until it accepts connections.
+ * `args` come first: a config file for a sentinel, or cluster settings.
+ */
+export async function launch(port: number, args: string[] = [], cwd?: string): Promise<ChildProcess> {
+  // The exit hook above ends it if the test process goes away without stop().
+  const child = spawn(REDIS_SERVER, [...args, '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
     stdio: ['ignore', 'ignore', 'pipe'],
+    cwd,
   });
   servers.add(child);
   child.once('exit', () => servers.delete(child));
@@ -52,7 +56,7 @@ async function launch(port: number): Promise<ChildProcess> {
   return child;
 }
 
-function ended(child: ChildProcess): Promise<void> {
+export function ended(child: ChildProcess): Promise<void> {
   return new Promise((resolve) => {
     if (child.exitCode !== null || child.signalCode !== null) resolve();
     else child.once('exit', () => resolve());
