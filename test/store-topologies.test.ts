@@ -1,14 +1,14 @@
 import { execFile } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type WebSocket from 'ws';
 import { freePort, open } from './helpers/clients.js';
-import { removeSnapshot, spawnGuard, sleep, type GuardProc } from './helpers/fuzz.js';
-import { ended, launch } from './helpers/redis.js';
+import { removeSnapshot, spawnGuard, sleep, until, type GuardProc } from './helpers/fuzz.js';
+import { ended, launch, startRedis, storedSlots } from './helpers/redis.js';
 import { startUpstream, type Upstream } from './helpers/upstream.js';
 
 // The Sentinel and Cluster forms of store.redis against Debian's redis-server in those roles: the slot
@@ -107,5 +107,42 @@ describe('store.redis topologies', () => {
     // The sixth handshake from this address is over the cluster-wide burst of 5.
     expect(results[5]).toBe('HANDSHAKE_RATE');
     for (const g of [a!, b!]) expect(g.logs().filter((l) => l.msg?.toString().startsWith('limit store unreachable'))).toEqual([]);
+  }, 30_000);
+});
+
+describe('store.redis with workers: 2', () => {
+  it('each worker is a replica; a worker killed with SIGKILL gives its slots back at once, not after leaseTtl', async () => {
+    const redis = await startRedis();
+    try {
+      const ports = { port: await freePort(), adminPort: await freePort() };
+      const yaml = [
+        `listen: 127.0.0.1:${ports.port}`, `upstream: ${upstream.url}`, `admin: 127.0.0.1:${ports.adminPort}`, 'workers: 2',
+        `store: { redis: "${redis.url}", leaseTtl: 60s }`, 'limits: { connections: { total: 4 } }', '',
+      ].join('\n');
+      const group = await spawnGuard(yaml, {}, ports);
+      guards.push(group);
+      const workers = () => readFileSync(`/proc/${group.child.pid}/task/${group.child.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+      await until(async () => (await redis.client.zcard('ws-guard:{slots}:replicas')) === 2, 10_000, 'both workers registered');
+      const [victim] = workers();
+      const statuses = [];
+      for (let i = 0; i < 6; i++) statuses.push(await attempt(ports.port));
+      expect(statuses.filter((s) => s === 101)).toHaveLength(4);
+      expect(statuses.filter((s) => s === 'CONNECTIONS_FULL')).toHaveLength(2);
+      expect(await storedSlots(redis.client, 't:0:')).toBe(4);
+
+      const open = sockets.slice(-4);
+      const gone = open.map((ws) => new Promise<boolean>((resolve) => {
+        ws.once('close', () => resolve(true));
+        setTimeout(() => resolve(false), 3000);
+      }));
+      process.kill(victim!, 'SIGKILL');
+      const closedCount = (await Promise.all(gone)).filter(Boolean).length;
+      expect(closedCount).toBeGreaterThan(0);
+      // Well within leaseTtl (60 s): the primary resigned the dead worker's replica.
+      await until(async () => (await storedSlots(redis.client, 't:0:')) === 4 - closedCount, 5000, 'the dead worker\'s slots to come back');
+      expect(await attempt(ports.port)).toBe(101);
+    } finally {
+      await redis.stop();
+    }
   }, 30_000);
 });
