@@ -41,7 +41,7 @@ export function connectRedis(config: StoreConfig, purpose: 'limits' | 'subscribe
     const { sentinels, name, db, username, password, sentinelPassword, tls } = redis;
     client = new Redis({
       ...common, sentinels, name, db, username, password, sentinelPassword,
-      ...(tls ? { tls: {}, enableTLSForSentinelMode: true } : {}),
+      ...(tls ? { tls: {}, enableTLSForSentinelMode: true, sentinelTLS: {} } : {}),
     });
   }
   for (const [name, lua] of Object.entries(SCRIPTS)) client.defineCommand(name, { lua });

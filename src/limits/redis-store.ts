@@ -96,6 +96,11 @@ export class RedisStore implements LimitStore {
     this.client.on('ready', () => {
       if (this.state === 'down') void this.recover();
     });
+    // A new connection may reach a Redis that restarted empty, or a new master that never saw some writes:
+    // whatever happened while no call was in flight, the next 'ready' writes the ledger back.
+    this.client.on('close', () => {
+      if (this.state === 'up') this.down('connection to Redis lost');
+    });
     // Renewing three times per leaseTtl survives one lost renewal; probing a down Redis runs at least every second.
     this.renewEvery = Math.floor(config.leaseTtl / 3);
     this.timers.push(setInterval(() => this.tick(), Math.min(1000, this.renewEvery)));

@@ -46,7 +46,7 @@ export function parseOrder(text: string): Order | undefined {
 export class OperatorChannel {
   /** Commands of this process's own (orders, bans; the primary frees a dead worker's slots with it). */
   readonly publisher: RedisConnection;
-  private readonly subscriber: RedisConnection;
+  private readonly subscriber: RedisConnection | undefined;
   private readonly channel: string;
   private readonly bansKey: string;
 
@@ -65,12 +65,14 @@ export class OperatorChannel {
     this.bansKey = `${config.keyPrefix}bans`;
     this.publisher = connectRedis(config, 'publisher');
     this.publisher.on('error', () => {});
+    if (apply === undefined) return;
     this.subscriber = connectRedis(config, 'subscriber');
     this.subscriber.on('error', () => {});
-    if (apply === undefined) return;
     this.subscriber.on('message', (_channel: string, text: string) => this.receive(text));
-    // Every (re)connection: bans set while this replica was away, then the orders from now on.
+    // Every (re)connection of either: bans set while this replica was away (read through the publisher,
+    // so whichever connection comes up second finds the other ready), then the orders from now on.
     this.subscriber.on('ready', () => void this.loadBans());
+    this.publisher.on('ready', () => void this.loadBans());
     this.subscriber.subscribe(this.channel).catch((err: unknown) => this.logger.warn({ err: String(err) }, 'operator channel: subscribe failed'));
   }
 
@@ -91,6 +93,7 @@ export class OperatorChannel {
   }
 
   private async loadBans(): Promise<void> {
+    if (this.publisher.status !== 'ready' || this.subscriber?.status !== 'ready') return;
     try {
       const bans = await this.publisher.hgetall(this.bansKey);
       const now = Date.now();
@@ -125,7 +128,7 @@ export class OperatorChannel {
 
   close(): void {
     this.publisher.disconnect();
-    this.subscriber.disconnect();
+    this.subscriber?.disconnect();
   }
 }
 
