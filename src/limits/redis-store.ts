@@ -125,8 +125,9 @@ export class RedisStore implements LimitStore {
     return this.state;
   }
 
+  /** Redis has answered this replica's write-back: one still on its way is no answer (readiness). */
   get up(): boolean {
-    return this.state === 'up';
+    return this.state === 'up' && this.announced === 'up';
   }
 
   /** Slots this replica holds in one counter, for tests and the usage gauge. */
