@@ -12,7 +12,8 @@ import { attachLogger } from '../ops/audit-log.js';
 import { createLogger } from '../ops/logger.js';
 import { startGuard, type Guard } from '../server/guard.js';
 import { ListenError, formatAddress } from '../server/listen.js';
-import { localOperator, startAdmin, type Admin } from '../ops/admin.js';
+import { localOperator, startAdmin, type Admin, type Operator } from '../ops/admin.js';
+import { Bans } from '../limits/bans.js';
 import { createMetrics, metricsSource } from '../ops/metrics.js';
 import { IpcStore } from '../limits/ipc-store.js';
 import { RedisStore } from '../limits/redis-store.js';
@@ -82,21 +83,31 @@ async function run(config: GuardConfig, options: RunOptions = {}): Promise<void>
   await redisStore?.start();
   // The primary frees a worker's slots the moment it exits, rather than when its lease runs out.
   if (redisStore && cluster.isWorker) process.send!({ wsGuardReplica: redisStore.id }, undefined, {}, () => {});
+  const bans = new Bans();
+  let local: Operator | undefined;
   let channel: OperatorChannel | undefined;
+  if (config.store) {
+    // Every replica obeys orders from the others, with or without an admin listener of its own; a
+    // worker skips its primary's, which reached it over IPC already. Heard before the guard listens, an
+    // order has no connection to close: only its ban counts.
+    const ignore = cluster.isWorker ? [channelName(process.ppid)] : [];
+    channel = new OperatorChannel(config.store, channelName(), ignore, (selector, banMs) => {
+      if (local !== undefined) void local.close(selector, banMs);
+      else if (banMs !== undefined && 'user' in selector) bans.add('user', selector.user, banMs);
+      else if (banMs !== undefined && 'ip' in selector) bans.add('ip', selector.ip, banMs);
+    }, logger);
+    // Listening before the bans kept in Redis are read would let a banned user in for a moment.
+    await channel.started(Math.max(config.store.timeout, 1000));
+  }
   try {
     const started = await startGuard(config, {
       events,
       store: redisStore ?? (cluster.isWorker ? new IpcStore() : undefined),
       firstId: cluster.isWorker ? cluster.worker!.id * WORKER_ID_RANGE : 0,
+      bans,
     });
     guard = started;
-    const local = localOperator(started);
-    if (config.store) {
-      // Every replica obeys orders from the others, with or without an admin listener of its own; a
-      // worker skips its primary's, which reached it over IPC already.
-      const ignore = cluster.isWorker ? [channelName(process.ppid)] : [];
-      channel = new OperatorChannel(config.store, channelName(), ignore, (selector, banMs) => void local.close(selector, banMs), logger);
-    }
+    local = localOperator(started);
     if (cluster.isWorker && config.admin) answerOperator(local);
     if (metrics && cluster.isPrimary) {
       admin = await startAdmin(config, {

@@ -49,6 +49,9 @@ export class OperatorChannel {
   private readonly subscriber: RedisConnection | undefined;
   private readonly channel: string;
   private readonly bansKey: string;
+  /** Resolves once this process hears orders and has read the bans kept in Redis. */
+  private readonly settled: Promise<unknown>;
+  private bansRead: () => void = () => {};
 
   /**
    * @param ignore names whose orders this process has already applied (its own; a worker's primary's).
@@ -65,7 +68,10 @@ export class OperatorChannel {
     this.bansKey = `${config.keyPrefix}bans`;
     this.publisher = connectRedis(config, 'publisher');
     this.publisher.on('error', () => {});
-    if (apply === undefined) return;
+    if (apply === undefined) {
+      this.settled = Promise.resolve();
+      return;
+    }
     this.subscriber = connectRedis(config, 'subscriber');
     this.subscriber.on('error', () => {});
     this.subscriber.on('message', (_channel: string, text: string) => this.receive(text));
@@ -73,7 +79,20 @@ export class OperatorChannel {
     // so whichever connection comes up second finds the other ready), then the orders from now on.
     this.subscriber.on('ready', () => void this.loadBans());
     this.publisher.on('ready', () => void this.loadBans());
-    this.subscriber.subscribe(this.channel).catch((err: unknown) => this.logger.warn({ err: String(err) }, 'operator channel: subscribe failed'));
+    const read = new Promise<void>((resolve) => (this.bansRead = resolve));
+    const subscribed = this.subscriber.subscribe(this.channel).catch((err: unknown) => this.logger.warn({ err: String(err) }, 'operator channel: subscribe failed'));
+    this.settled = Promise.all([read, subscribed]);
+  }
+
+  /**
+   * Resolves once this process hears orders and has applied the bans kept in Redis, or after `ms` (Redis
+   * away: it serves meanwhile and applies them when Redis answers). A replica listening before that would
+   * admit, for a moment, a user banned on every other replica.
+   */
+  async started(ms: number): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.settled, new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)))]);
+    clearTimeout(timer);
   }
 
   /** True while orders can be sent (the publisher's connection is up). */
@@ -108,6 +127,7 @@ export class OperatorChannel {
         this.apply?.(kind === 'user' ? { user: key } : { ip: key }, Math.min(left, MAX_BAN_MS) || undefined);
         loaded++;
       }
+      this.bansRead();
     } catch (err) {
       this.logger.warn({ err: String(err) }, 'operator channel: could not load bans');
     }

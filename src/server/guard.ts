@@ -26,6 +26,8 @@ export interface GuardOptions {
   store?: LimitStore;
   /** Session ids start after this (workers: each its own range, so an id names one connection in the group). */
   firstId?: number;
+  /** Operator bans in force from the first connection on (store.redis: those kept in Redis, read before listening). */
+  bans?: Bans;
 }
 
 /** One open connection as the admin listener lists it (GET /connections). */
@@ -163,7 +165,7 @@ export async function startGuard(config: GuardConfig, options: GuardOptions = {}
   let lastId = options.firstId ?? 0;
   const shared: Shared = {
     events, store: options.store ?? new MemoryStore(), holdBudget: new HoldBudget(config.limits.holdBudget),
-    sessions, meta, bans: new Bans(), inFlight: new RequestSlots(), pending, nextId: () => ++lastId, draining: () => draining,
+    sessions, meta, bans: options.bans ?? new Bans(), inFlight: new RequestSlots(), pending, nextId: () => ++lastId, draining: () => draining,
   };
   let runtime = createRuntime(config, shared);
 
