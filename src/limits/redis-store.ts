@@ -113,11 +113,12 @@ export class RedisStore implements LimitStore {
     const deadline = Math.max(this.config.timeout, 1000);
     await new Promise<void>((resolve) => {
       if (this.client.status === 'ready') return resolve();
-      const timer = setTimeout(done, deadline);
-      function done() {
+      const done = () => {
         clearTimeout(timer);
+        this.client.off('ready', done);
         resolve();
-      }
+      };
+      const timer = setTimeout(done, deadline);
       this.client.once('ready', done);
     });
     await this.recover();
@@ -128,11 +129,6 @@ export class RedisStore implements LimitStore {
   /** Redis has answered this replica's write-back: one still on its way is no answer (readiness). */
   get up(): boolean {
     return this.state === 'up' && this.announced === 'up';
-  }
-
-  /** Slots this replica holds in one counter, for tests and the usage gauge. */
-  held(key: string): number {
-    return this.ledger.count(key);
   }
 
   private counters(requests: readonly SlotRequest[], ip: string, user: string | undefined): Counter[] {
