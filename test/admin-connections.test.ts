@@ -1,8 +1,8 @@
-import { SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { closed, nextMessage, open } from './helpers/clients.js';
-import { startTestGuard, until, type TestGuard } from './helpers/guard.js';
+import { startTestGuard, type TestGuard } from './helpers/guard.js';
+import { jwt, upstreamClose } from './helpers/replicas.js';
 import { startUpstream, type Upstream } from './helpers/upstream.js';
 
 // The operator kill switch (docs/operations.md): GET /connections and POST /connections/close on the
@@ -11,9 +11,6 @@ import { startUpstream, type Upstream } from './helpers/upstream.js';
 
 const SECRET = 'admin-connections-secret-long-enough-for-hs256-0123';
 const ADMIN_TOKEN = 'admin-token-0123456789abcdef';
-
-const jwt = (sub: string) =>
-  new SignJWT({ sub }).setProtectedHeader({ alg: 'HS256' }).setExpirationTime('2m').sign(new TextEncoder().encode(SECRET));
 
 let upstream: Upstream;
 let guard: TestGuard;
@@ -37,7 +34,7 @@ afterAll(async () => {
 /** A client of user `sub` from address `ip`, on /ws/echo with its own tag. */
 async function client(sub: string, ip: string): Promise<{ ws: WebSocket; tag: string }> {
   const t = tag();
-  const ws = await open(`${guard.wsUrl}/ws/echo?tag=${t}`, ['bearer', await jwt(sub)], { headers: { 'X-Forwarded-For': ip } });
+  const ws = await open(`${guard.wsUrl}/ws/echo?tag=${t}`, ['bearer', await jwt(sub, SECRET)], { headers: { 'X-Forwarded-For': ip } });
   return { ws, tag: t };
 }
 
@@ -48,16 +45,6 @@ const closeBy = async (params: string) => {
   const res = await admin(`/connections/close?${params}`, { method: 'POST' });
   return { status: res.status, body: await res.json() };
 };
-
-/** The close code the upstream saw for the connection tagged `t`. */
-async function upstreamClose(t: string): Promise<number> {
-  let code: number | undefined;
-  await until(async () => {
-    code = (await upstream.seen(t)).find((e: { type: string }) => e.type === 'ws_disconnect')?.code;
-    return code !== undefined;
-  }, 5000, `upstream close of ${t}`);
-  return code!;
-}
 
 describe('GET /connections', () => {
   it('lists the live connections with id, user, ip, route, age and counts each way', async () => {
@@ -93,8 +80,8 @@ describe('POST /connections/close', () => {
     const codes = [closed(b1.ws), closed(b2.ws)];
     expect(await closeBy('user=bob')).toEqual({ status: 200, body: { closed: 2 } });
     expect((await Promise.all(codes)).map((c) => c.code)).toEqual([4003, 4003]);
-    expect(await upstreamClose(b1.tag)).toBe(4003);
-    expect(await upstreamClose(b2.tag)).toBe(4003);
+    expect(await upstreamClose(upstream, b1.tag)).toBe(4003);
+    expect(await upstreamClose(upstream, b2.tag)).toBe(4003);
     // Carol is untouched.
     other.ws.send('still here');
     expect(String((await nextMessage(other.ws)).data)).toBe('still here');
@@ -107,7 +94,7 @@ describe('POST /connections/close', () => {
     const pending = closed(byIp.ws);
     expect(await closeBy('ip=10.3.0.1')).toEqual({ status: 200, body: { closed: 1 } });
     expect((await pending).code).toBe(4003);
-    expect(await upstreamClose(byIp.tag)).toBe(4003);
+    expect(await upstreamClose(upstream, byIp.tag)).toBe(4003);
 
     const byId = await client('erin', '10.3.0.2');
     const { connections } = (await (await admin('/connections')).json()) as { connections: { id: number; user: string }[] };
@@ -117,7 +104,7 @@ describe('POST /connections/close', () => {
     const res = await admin('/connections/close', { method: 'POST', body: new URLSearchParams({ id: String(id) }) });
     expect(await res.json()).toEqual({ closed: 1 });
     expect((await pendingId).code).toBe(4003);
-    expect(await upstreamClose(byId.tag)).toBe(4003);
+    expect(await upstreamClose(upstream, byId.tag)).toBe(4003);
   });
 
   it('refuses a request without exactly one selector, and GET', async () => {
@@ -136,7 +123,7 @@ describe('POST /connections/close', () => {
     expect((await pending).code).toBe(4003);
 
     const refused = await new Promise<{ status: number; code: string | undefined; retry: string | undefined }>(async (resolve, reject) => {
-      const ws = new WebSocket(`${guard.wsUrl}/ws/echo`, ['bearer', await jwt('frank')], { headers: { 'X-Forwarded-For': '10.4.0.9' } });
+      const ws = new WebSocket(`${guard.wsUrl}/ws/echo`, ['bearer', await jwt('frank', SECRET)], { headers: { 'X-Forwarded-For': '10.4.0.9' } });
       ws.on('unexpected-response', (_req, res) => {
         resolve({ status: res.statusCode!, code: res.headers['x-ws-guard-error'] as string | undefined, retry: res.headers['retry-after'] as string | undefined });
         res.resume();
@@ -146,7 +133,7 @@ describe('POST /connections/close', () => {
     });
     expect(refused).toEqual({ status: 403, code: 'BANNED', retry: '2' });
     // Plain HTTP too.
-    const http = await fetch(`${guard.httpUrl}/hello`, { headers: { Authorization: `Bearer ${await jwt('frank')}` } });
+    const http = await fetch(`${guard.httpUrl}/hello`, { headers: { Authorization: `Bearer ${await jwt('frank', SECRET)}` } });
     expect(http.status).toBe(403);
     // Someone else is let in meanwhile.
     const g = await client('grace', '10.4.0.1');
@@ -161,7 +148,7 @@ describe('POST /connections/close', () => {
 
   it('an address ban holds for any user from it', async () => {
     expect(await closeBy('ip=10.5.0.1&ban=1m')).toEqual({ status: 200, body: { closed: 0 } });
-    const status = await fetch(`${guard.httpUrl}/hello`, { headers: { Authorization: `Bearer ${await jwt('heidi')}`, 'X-Forwarded-For': '10.5.0.1' } });
+    const status = await fetch(`${guard.httpUrl}/hello`, { headers: { Authorization: `Bearer ${await jwt('heidi', SECRET)}`, 'X-Forwarded-For': '10.5.0.1' } });
     expect(status.status).toBe(403);
     expect(status.headers.get('x-ws-guard-error')).toBe('BANNED');
   });

@@ -2,34 +2,18 @@
  * Issue 12 item 5: Redis trouble is an answer, not a crash. Each test has a Redis of its own, since it
  * kills, pauses or restarts it; the guards are real replicas (child processes) on that Redis.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type WebSocket from 'ws';
-import { closed, freePort, nextMessage, open } from './helpers/clients.js';
-import { accepts, httpGet, metricSum, removeSnapshot, sleep, spawnGuard, UNCAUGHT, until, type GuardProc } from './helpers/fuzz.js';
+import { closed, nextMessage, open } from './helpers/clients.js';
+import { accepts, httpGet, metricSum, sleep, UNCAUGHT, until, type GuardProc } from './helpers/fuzz.js';
 import { startRedis, storedSlots, type RedisServer } from './helpers/redis.js';
-import { startUpstream, type Upstream } from './helpers/upstream.js';
+import { replicaFixture } from './helpers/replicas.js';
 
-let upstream: Upstream;
-const servers: RedisServer[] = [];
-const running: GuardProc[] = [];
-const sockets: WebSocket[] = [];
-
-beforeAll(async () => {
-  upstream = await startUpstream();
-});
-afterEach(async () => {
-  for (const ws of sockets.splice(0)) ws.terminate();
-  await Promise.all(running.splice(0).map((g) => g.stop()));
-  await Promise.all(servers.splice(0).map((r) => r.stop()));
-});
-afterAll(async () => {
-  await upstream?.stop();
-  removeSnapshot();
-});
+const fx = replicaFixture({ redis: false });
 
 async function redisOfThisTest(): Promise<RedisServer> {
   const redis = await startRedis();
-  servers.push(redis);
+  fx.afterThisTest(() => redis.stop());
   return redis;
 }
 
@@ -56,27 +40,19 @@ interface Replica extends GuardProc {
 }
 
 /** Short leases and deadlines keep each outage, and the way back, within a few seconds. */
-async function replicas(redis: RedisServer, n: number, extra: string[], store: { onError?: string; timeout?: string } = {}): Promise<Replica[]> {
+function replicas(redis: RedisServer, n: number, extra: string[], store: { onError?: string; timeout?: string } = {}): Promise<Replica[]> {
   const { onError = 'local', timeout = '200ms' } = store;
-  const started = await Promise.all(
-    Array.from({ length: n }, async () => {
-      const ports = { port: await freePort(), adminPort: await freePort() };
-      const yaml = [
-        `listen: 127.0.0.1:${ports.port}`,
-        `upstream: ${upstream.url}`,
-        `admin: 127.0.0.1:${ports.adminPort}`,
-        `store: { redis: "${redis.url}", leaseTtl: 2s, timeout: ${timeout}, onError: ${onError} }`,
-        ...extra,
-        '',
-      ].join('\n');
-      const guard = await spawnGuard(yaml, {}, ports);
-      running.push(guard);
-      // The admin listener opens just after the proxy's.
-      await until(() => accepts(ports.adminPort), 5000, 'the admin listener');
-      return Object.assign(guard, { lines: watchLogs(guard) });
-    }),
-  );
-  return started;
+  const lines = (ports: { adminPort: number }) => [
+    `upstream: ${fx.upstream.url}`,
+    `admin: 127.0.0.1:${ports.adminPort}`,
+    `store: { redis: "${redis.url}", leaseTtl: 2s, timeout: ${timeout}, onError: ${onError} }`,
+    ...extra,
+  ];
+  return fx.spawnReplicas(n, lines, async (guard) => {
+    // The admin listener opens just after the proxy's.
+    await until(() => accepts(guard.adminPort), 5000, 'the admin listener');
+    return Object.assign(guard, { lines: watchLogs(guard) });
+  });
 }
 
 interface Attempt {
@@ -88,7 +64,7 @@ interface Attempt {
 async function attempt(port: number): Promise<Attempt> {
   try {
     const ws = await open(`ws://127.0.0.1:${port}/ws/echo`);
-    sockets.push(ws);
+    fx.track(ws);
     return { status: 101, ws };
   } catch (err) {
     const { status, headers } = err as { status?: number; headers?: Record<string, string> };

@@ -1,12 +1,10 @@
-import { SignJWT } from 'jose';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { ERRORS } from '../src/errors.js';
-import { closed, freePort, open } from './helpers/clients.js';
-import { removeSnapshot, spawnGuard, type GuardProc } from './helpers/fuzz.js';
+import { closed, open } from './helpers/clients.js';
+import type { GuardProc } from './helpers/fuzz.js';
 import { until } from './helpers/guard.js';
-import { startRedis, type RedisServer } from './helpers/redis.js';
-import { startUpstream, type Upstream } from './helpers/upstream.js';
+import { jwt, jwtAuthLine, replicaFixture, upstreamClose } from './helpers/replicas.js';
 
 /*
  * limits.messages across replicas (store.redis, docs/scaling.md): with `per: user` or `per: ip` the
@@ -19,47 +17,18 @@ import { startUpstream, type Upstream } from './helpers/upstream.js';
 const SECRET = 'store-messages-secret-long-enough-for-hs256-0123';
 const REPLICAS = 3;
 
-let upstream: Upstream;
-let redis: RedisServer;
-const running: GuardProc[] = [];
-const sockets: WebSocket[] = [];
+const fx = replicaFixture();
 let count = 0;
 const tag = (what: string) => `store-msg-${process.pid}-${++count}-${what}`;
 
-beforeAll(async () => {
-  [upstream, redis] = await Promise.all([startUpstream(), startRedis()]);
-});
-afterEach(async () => {
-  for (const ws of sockets.splice(0)) ws.terminate();
-  await Promise.all(running.splice(0).map((g) => g.stop()));
-  await redis.client.flushall();
-});
-afterAll(async () => {
-  await Promise.all([upstream?.stop(), redis?.stop()]);
-  removeSnapshot();
-});
-
-const jwt = (sub: string) =>
-  new SignJWT({ sub }).setProtectedHeader({ alg: 'HS256' }).setExpirationTime('2m').sign(new TextEncoder().encode(SECRET));
-
 /** Three replicas on one Redis; with `jwtAuth`, every upgrade needs a token (its `sub` is the user). */
-async function replicas(batch: number, limits: string, jwtAuth = true): Promise<GuardProc[]> {
-  const started = await Promise.all(
-    Array.from({ length: REPLICAS }, async () => {
-      const ports = { port: await freePort(), adminPort: await freePort() };
-      const yaml = [
-        `listen: 127.0.0.1:${ports.port}`,
-        `upstream: ${upstream.url}`,
-        `store: { redis: "${redis.url}", leaseTtl: 2s, batch: ${batch} }`,
-        ...(jwtAuth ? [`auth: { jwt: { secret: "${SECRET}", algorithms: [HS256] } }`] : []),
-        `limits: { messages: ${limits} }`,
-        '',
-      ].join('\n');
-      return spawnGuard(yaml, {}, ports);
-    }),
-  );
-  running.push(...started);
-  return started;
+function replicas(batch: number, limits: string, jwtAuth = true): Promise<GuardProc[]> {
+  return fx.spawnReplicas(REPLICAS, () => [
+    `upstream: ${fx.upstream.url}`,
+    `store: { redis: "${fx.redis.url}", leaseTtl: 2s, batch: ${batch} }`,
+    ...(jwtAuth ? [jwtAuthLine(SECRET)] : []),
+    `limits: { messages: ${limits} }`,
+  ]);
 }
 
 interface Client {
@@ -73,23 +42,14 @@ async function onEachReplica(guards: GuardProc[], protocols: string[] | undefine
     guards.map(async (g, i) => {
       const t = tag(`r${i}`);
       const ws = await open(`ws://127.0.0.1:${g.port}/ws/echo?tag=${t}`, protocols, options);
-      sockets.push(ws);
+      fx.track(ws);
       return { ws, tag: t };
     }),
   );
 }
 
 async function texts(t: string): Promise<number> {
-  return (await upstream.seen(t)).filter((e: { type: string }) => e.type === 'ws_text').length;
-}
-
-async function upstreamCloseCode(t: string): Promise<number> {
-  let code: number | undefined;
-  await until(async () => {
-    code = (await upstream.seen(t)).find((e: { type: string }) => e.type === 'ws_disconnect')?.code;
-    return code !== undefined;
-  }, 5000, `the upstream to see ${t} end`);
-  return code!;
+  return (await fx.upstream.seen(t)).filter((e: { type: string }) => e.type === 'ws_text').length;
 }
 
 /**
@@ -121,7 +81,7 @@ async function floodFor(clients: Client[], ms: number): Promise<{ admitted: numb
   for (const c of clients) flood(c.ws);
   await new Promise((r) => setTimeout(r, ms));
   for (const c of clients) c.ws.terminate();
-  const upstreamCodes = await Promise.all(clients.map((c) => upstreamCloseCode(c.tag)));
+  const upstreamCodes = await Promise.all(clients.map((c) => upstreamClose(fx.upstream, c.tag)));
   const seconds = (Date.now() - started) / 1000;
   const admitted = (await Promise.all(clients.map((c) => texts(c.tag)))).reduce((a, b) => a + b, 0);
   return { admitted, seconds, upstreamCodes };
@@ -138,7 +98,7 @@ async function exhaust(clients: Client[], burst: number, batch: number): Promise
   const started = Date.now();
   for (let i = 0; i < 100; i++) for (const c of clients) c.ws.send(`m${i}`);
   for (const close of await Promise.all(codes)) expect(close).toEqual({ code: 1008, reason: ERRORS.MESSAGE_RATE.message });
-  for (const c of clients) expect(await upstreamCloseCode(c.tag)).toBe(1008);
+  for (const c of clients) expect(await upstreamClose(fx.upstream, c.tag)).toBe(1008);
   const bound = burst + (Date.now() - started) / 60_000 + batch * REPLICAS;
   const admitted = (await Promise.all(clients.map((c) => texts(c.tag)))).reduce((a, b) => a + b, 0);
   expect(admitted).toBeGreaterThanOrEqual(burst);
@@ -150,7 +110,7 @@ describe('limits.messages per: user across three replicas (store.batch)', () => 
   it('onExceed: throttle, one connection per replica flooding: admitted ≤ burst + rate·t + batch·3, far below three independent buckets', async () => {
     const [rate, burst, batch] = [20, 20, 5];
     const guards = await replicas(batch, `{ rate: ${rate}/s, burst: ${burst}, per: user, onExceed: throttle }`);
-    const clients = await onEachReplica(guards, ['bearer', await jwt('alice')]);
+    const clients = await onEachReplica(guards, ['bearer', await jwt('alice', SECRET)]);
     const { admitted, seconds, upstreamCodes } = await floodFor(clients, 2000);
     // Throttled, never closed: each connection ended only when its client went away.
     expect(upstreamCodes).not.toContain(ERRORS.MESSAGE_RATE.close);
@@ -163,21 +123,21 @@ describe('limits.messages per: user across three replicas (store.batch)', () => 
     expect(admitted).toBeLessThan(independent / 2);
     // Redis's own account of it: the bucket's debt (tokens below zero) is what the replicas passed beyond
     // burst + rate·t between their first and last spend.
-    const buckets = await redis.client.keys('ws-guard:msg:*');
+    const buckets = await fx.redis.client.keys('ws-guard:msg:*');
     expect(buckets).toHaveLength(1);
-    expect(Number(await redis.client.hget(buckets[0]!, 'tokens'))).toBeGreaterThanOrEqual(-batch * REPLICAS);
+    expect(Number(await fx.redis.client.hget(buckets[0]!, 'tokens'))).toBeGreaterThanOrEqual(-batch * REPLICAS);
     for (const g of guards) expect(g.exit).toBeUndefined();
   }, 20_000);
 
   it('onExceed: close: once the cluster-wide bucket is empty every connection of the user gets 1008 MESSAGE_RATE on both sides', async () => {
     const [burst, batch] = [20, 2];
     const guards = await replicas(batch, `{ rate: 1/minute, burst: ${burst}, per: user, onExceed: close }`);
-    const clients = await onEachReplica(guards, ['bearer', await jwt('alice')]);
+    const clients = await onEachReplica(guards, ['bearer', await jwt('alice', SECRET)]);
     const { admitted, bound } = await exhaust(clients, burst, batch);
     console.log(`per: user, close: admitted ${admitted}; bound ${bound.toFixed(1)}; three independent buckets ${REPLICAS * burst}`);
 
     // The bucket is the user's: bob, on the same replicas, has a full one.
-    const bob = await onEachReplica(guards.slice(0, 1), ['bearer', await jwt('bob')]);
+    const bob = await onEachReplica(guards.slice(0, 1), ['bearer', await jwt('bob', SECRET)]);
     const bobCodes = closed(bob[0]!.ws);
     for (let i = 0; i < burst; i++) bob[0]!.ws.send(`b${i}`);
     await until(async () => (await texts(bob[0]!.tag)) === burst, 5000, `bob's ${burst} messages`);
@@ -206,15 +166,15 @@ describe('limits.messages per: connection with the store', () => {
   it('stays local: each connection has its own full burst, whatever the others on other replicas did', async () => {
     const burst = 5;
     const guards = await replicas(2, `{ rate: 1/minute, burst: ${burst}, per: connection, onExceed: close }`);
-    const clients = await onEachReplica(guards, ['bearer', await jwt('alice')]);
+    const clients = await onEachReplica(guards, ['bearer', await jwt('alice', SECRET)]);
     const codes = clients.map((c) => closed(c.ws));
     for (let i = 0; i < 8; i++) for (const c of clients) c.ws.send(`m${i}`);
     for (const close of await Promise.all(codes)) expect(close.code).toBe(1008);
     for (const c of clients) {
-      expect(await upstreamCloseCode(c.tag)).toBe(1008);
+      expect(await upstreamClose(fx.upstream, c.tag)).toBe(1008);
       expect(await texts(c.tag)).toBe(burst);
     }
     // Nothing was spent in Redis for them.
-    expect(await redis.client.keys('ws-guard:msg:*')).toEqual([]);
+    expect(await fx.redis.client.keys('ws-guard:msg:*')).toEqual([]);
   }, 20_000);
 });

@@ -1,14 +1,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { SignJWT } from 'jose';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { closed, freePort, nextMessage, open } from './helpers/clients.js';
-import { buildSnapshot, removeSnapshot, spawnGuard, type GuardProc } from './helpers/fuzz.js';
+import { buildSnapshot, type GuardProc } from './helpers/fuzz.js';
 import { until } from './helpers/guard.js';
-import { startRedis, type RedisServer } from './helpers/redis.js';
-import { startUpstream, type Upstream } from './helpers/upstream.js';
+import { jwt, jwtAuthLine, replicaFixture, replicaYaml, upstreamClose } from './helpers/replicas.js';
 
 /*
  * The operator kill switch across replicas (store.redis, docs/operations.md): POST /connections/close with
@@ -21,59 +19,33 @@ const SECRET = 'store-operator-secret-long-enough-for-hs256-0123';
 const ADMIN_TOKEN = 'store-operator-admin-token-0123456789';
 const CHANNEL = 'ws-guard:operator';
 
-let upstream: Upstream;
-let redis: RedisServer;
-const running: GuardProc[] = [];
-const groups: ChildProcess[] = [];
-const sockets: WebSocket[] = [];
+const fx = replicaFixture();
 let count = 0;
 const tag = () => `store-op-${process.pid}-${++count}`;
 
-beforeAll(async () => {
-  [upstream, redis] = await Promise.all([startUpstream(), startRedis()]);
-});
-afterEach(async () => {
-  for (const ws of sockets.splice(0)) ws.terminate();
-  await Promise.all(running.splice(0).map((g) => g.stop()));
-  await Promise.all(groups.splice(0).map(stopGroup));
-  await redis.client.flushall();
-});
-afterAll(async () => {
-  await Promise.all([upstream?.stop(), redis?.stop()]);
-  removeSnapshot();
-});
-
-const jwt = (sub: string) =>
-  new SignJWT({ sub }).setProtectedHeader({ alg: 'HS256' }).setExpirationTime('2m').sign(new TextEncoder().encode(SECRET));
-
-function yaml(port: number, admin: string, extra: string[] = []): string {
+/** Every replica's lines after `listen:`; `admin` is its admin line. */
+function lines(admin: string, extra: string[] = []): string[] {
   return [
-    `listen: 127.0.0.1:${port}`,
-    `upstream: ${upstream.url}`,
+    `upstream: ${fx.upstream.url}`,
     admin,
     'trustedProxies: [127.0.0.1/32]',
-    `store: { redis: "${redis.url}", leaseTtl: 2s }`,
-    `auth: { jwt: { secret: "${SECRET}", algorithms: [HS256] } }`,
+    `store: { redis: "${fx.redis.url}", leaseTtl: 2s }`,
+    jwtAuthLine(SECRET),
     ...extra,
-    '',
-  ].join('\n');
+  ];
 }
 
 const objectAdmin = (adminPort: number) => `admin: { listen: 127.0.0.1:${adminPort}, token: "${ADMIN_TOKEN}" }`;
 
 /** One replica; `stringAdmin` gives it the string form of admin (no operator endpoints). */
-async function replica(stringAdmin = false): Promise<GuardProc> {
-  const ports = { port: await freePort(), adminPort: await freePort() };
-  const admin = stringAdmin ? `admin: 127.0.0.1:${ports.adminPort}` : objectAdmin(ports.adminPort);
-  const g = await spawnGuard(yaml(ports.port, admin), {}, ports);
-  running.push(g);
-  return g;
+function replica(stringAdmin = false): Promise<GuardProc> {
+  return fx.spawnReplica((ports) => lines(stringAdmin ? `admin: 127.0.0.1:${ports.adminPort}` : objectAdmin(ports.adminPort)));
 }
 
 /** Orders reach only the processes subscribed: an order sent before a replica has subscribed misses it. */
 async function subscribed(n: number): Promise<void> {
   await until(async () => {
-    const [, subscribers] = (await redis.client.pubsub('NUMSUB', CHANNEL)) as [string, number];
+    const [, subscribers] = (await fx.redis.client.pubsub('NUMSUB', CHANNEL)) as [string, number];
     return Number(subscribers) === n;
   }, 10_000, `${n} replicas subscribed to ${CHANNEL}`);
 }
@@ -92,14 +64,14 @@ interface Client {
 
 async function client(port: number, sub: string, ip: string): Promise<Client> {
   const t = tag();
-  const ws = await open(`ws://127.0.0.1:${port}/ws/echo?tag=${t}`, ['bearer', await jwt(sub)], { headers: { 'X-Forwarded-For': ip } });
-  sockets.push(ws);
+  const ws = await open(`ws://127.0.0.1:${port}/ws/echo?tag=${t}`, ['bearer', await jwt(sub, SECRET)], { headers: { 'X-Forwarded-For': ip } });
+  fx.track(ws);
   return { ws, tag: t };
 }
 
 /** The answer to an upgrade that must be refused; fails the test if it is let in. */
 async function refusal(port: number, sub: string, ip: string): Promise<{ status: number; code: string | undefined }> {
-  return open(`ws://127.0.0.1:${port}/ws/echo`, ['bearer', await jwt(sub)], { headers: { 'X-Forwarded-For': ip } }).then(
+  return open(`ws://127.0.0.1:${port}/ws/echo`, ['bearer', await jwt(sub, SECRET)], { headers: { 'X-Forwarded-For': ip } }).then(
     (ws) => {
       ws.terminate();
       throw new Error(`${sub} from ${ip} was let in on ${port}`);
@@ -141,15 +113,6 @@ async function closeOn(adminPort: number, params: string, token: string | null =
   return { status: res.status, body: await res.json() };
 }
 
-async function upstreamClose(t: string): Promise<number> {
-  let code: number | undefined;
-  await until(async () => {
-    code = (await upstream.seen(t)).find((e: { type: string }) => e.type === 'ws_disconnect')?.code;
-    return code !== undefined;
-  }, 5000, `the upstream to see ${t} end`);
-  return code!;
-}
-
 /** GET /connections: the live connections of that replica (or of all its workers). */
 async function listed(adminPort: number): Promise<{ id: number; user: string }[]> {
   const res = await fetch(`http://127.0.0.1:${adminPort}/connections`, { headers: { Authorization: `Bearer ${ADMIN_TOKEN}` } });
@@ -159,7 +122,7 @@ async function listed(adminPort: number): Promise<{ id: number; user: string }[]
 /** Closed by an operator: 4003 at the client and at the upstream. */
 async function closedByOperator(c: Client, pending: Promise<{ code: number }>): Promise<void> {
   expect((await pending).code).toBe(4003);
-  expect(await upstreamClose(c.tag)).toBe(4003);
+  expect(await upstreamClose(fx.upstream, c.tag)).toBe(4003);
 }
 
 /** Still open and forwarding both ways. */
@@ -199,15 +162,14 @@ describe('POST /connections/close across three replicas', () => {
   it('a replica refuses a banned user from its very first upgrade: bans are loaded before it listens', async () => {
     const [first] = await replicas(1);
     expect(await closeOn(first!.adminPort, 'user=alice&ban=1m')).toEqual({ status: 200, body: { closed: 0, reached: 1 } });
-    const token = await jwt('alice');
+    const token = await jwt('alice', SECRET);
     const answers: string[] = [];
     // Upgrades knocking from before the replica listens are answered in its first moments; a few starts
     // make a window between listening and reading the bans show.
     for (let start = 0; start < 3; start++) {
       const ports = { port: await freePort(), adminPort: await freePort() };
       const knocks = Promise.all([0, 1, 2].map(() => knock(ports.port, token, 100)));
-      const late = await spawnGuard(yaml(ports.port, objectAdmin(ports.adminPort)), {}, ports);
-      running.push(late);
+      const late = await fx.spawnReplica(() => lines(objectAdmin(ports.adminPort)), ports);
       answers.push(...(await knocks).flat());
       await late.stop();
     }
@@ -248,7 +210,7 @@ describe('POST /connections/close across three replicas', () => {
     expect((await closeOn(guards[0]!.adminPort, 'user=alice', null)).status).toBe(401);
     expect((await closeOn(guards[0]!.adminPort, 'user=alice&ban=1m', `${ADMIN_TOKEN}x`)).status).toBe(401);
     for (const c of alice) await stillServed(c);
-    expect(await redis.client.exists('ws-guard:bans')).toBe(0);
+    expect(await fx.redis.client.exists('ws-guard:bans')).toBe(0);
   });
 
   it('the string form of admin has no mutating endpoints (404), yet that replica obeys orders from the others', async () => {
@@ -278,9 +240,9 @@ async function workersGroup(): Promise<Group> {
   const [port, adminPort] = [await freePort(), await freePort()];
   const dir = buildSnapshot();
   const file = join(dir, `store-operator-${process.pid}-${port}.yaml`);
-  writeFileSync(file, yaml(port, objectAdmin(adminPort), ['workers: 2']));
+  writeFileSync(file, replicaYaml({ port, adminPort }, lines(objectAdmin(adminPort), ['workers: 2'])));
   const child = spawn(process.execPath, [join(dir, 'bin/ws-guard.js'), '--config', file], { stdio: ['ignore', 'pipe', 'inherit'] });
-  groups.push(child);
+  fx.afterThisTest(() => stopGroup(child));
   let out = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   const logs = () => out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as ReturnType<Group['logs']>[number]);

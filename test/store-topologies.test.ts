@@ -5,34 +5,27 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type WebSocket from 'ws';
 import { freePort, open } from './helpers/clients.js';
-import { removeSnapshot, spawnGuard, sleep, until, type GuardProc } from './helpers/fuzz.js';
+import { sleep, until, type GuardProc } from './helpers/fuzz.js';
 import { ended, launch, startRedis, storedSlots } from './helpers/redis.js';
-import { startUpstream, type Upstream } from './helpers/upstream.js';
+import { replicaFixture } from './helpers/replicas.js';
 
 // The Sentinel and Cluster forms of store.redis against Debian's redis-server in those roles: the slot
 // scripts touch several keys at once, which Redis Cluster allows only within one hash slot ({slots}).
 
 const run = promisify(execFile);
-let upstream: Upstream;
+const fx = replicaFixture({ redis: false });
 let dir: string;
 const servers: ChildProcess[] = [];
-const sockets: WebSocket[] = [];
-const guards: GuardProc[] = [];
 
-beforeAll(async () => {
-  upstream = await startUpstream();
+beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), 'ws-guard-topologies-'));
 });
+// Runs before the fixture's afterAll: the guards are stopped by then (after each test), the upstream not yet.
 afterAll(async () => {
-  for (const ws of sockets) ws.terminate();
-  await Promise.all(guards.map((g) => g.stop()));
   for (const s of servers) s.kill('SIGKILL');
   await Promise.all(servers.map(ended));
-  await upstream?.stop();
   rmSync(dir, { recursive: true, force: true });
-  removeSnapshot();
 });
 
 /** A port whose cluster bus port (port + 10000) is free too. */
@@ -49,19 +42,13 @@ async function clusterPort(): Promise<number> {
   }
 }
 
-async function twoReplicas(store: string, limits: string): Promise<GuardProc[]> {
-  const started = await Promise.all([0, 1].map(async () => {
-    const ports = { port: await freePort(), adminPort: await freePort() };
-    const yaml = [`listen: 127.0.0.1:${ports.port}`, `upstream: ${upstream.url}`, `admin: 127.0.0.1:${ports.adminPort}`, `store: ${store}`, `limits: ${limits}`, ''].join('\n');
-    return spawnGuard(yaml, {}, ports);
-  }));
-  guards.push(...started);
-  return started;
+function twoReplicas(store: string, limits: string): Promise<GuardProc[]> {
+  return fx.spawnReplicas(2, (ports) => [`upstream: ${fx.upstream.url}`, `admin: 127.0.0.1:${ports.adminPort}`, `store: ${store}`, `limits: ${limits}`]);
 }
 
 async function attempt(port: number): Promise<number | string> {
   try {
-    sockets.push(await open(`ws://127.0.0.1:${port}/ws/echo`));
+    fx.track(await open(`ws://127.0.0.1:${port}/ws/echo`));
     return 101;
   } catch (err) {
     const e = err as { status?: number; headers?: Record<string, string> };
@@ -114,23 +101,20 @@ describe('store.redis with workers: 2', () => {
   it('each worker is a replica; a worker killed with SIGKILL gives its slots back at once, not after leaseTtl', async () => {
     const redis = await startRedis();
     try {
-      const ports = { port: await freePort(), adminPort: await freePort() };
-      const yaml = [
-        `listen: 127.0.0.1:${ports.port}`, `upstream: ${upstream.url}`, `admin: 127.0.0.1:${ports.adminPort}`, 'workers: 2',
-        `store: { redis: "${redis.url}", leaseTtl: 60s }`, 'limits: { connections: { total: 4 } }', '',
-      ].join('\n');
-      const group = await spawnGuard(yaml, {}, ports);
-      guards.push(group);
+      const group = await fx.spawnReplica((ports) => [
+        `upstream: ${fx.upstream.url}`, `admin: 127.0.0.1:${ports.adminPort}`, 'workers: 2',
+        `store: { redis: "${redis.url}", leaseTtl: 60s }`, 'limits: { connections: { total: 4 } }',
+      ]);
       const workers = () => readFileSync(`/proc/${group.child.pid}/task/${group.child.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
       await until(async () => (await redis.client.zcard('ws-guard:{slots}:replicas')) === 2, 10_000, 'both workers registered');
       const [victim] = workers();
       const statuses = [];
-      for (let i = 0; i < 6; i++) statuses.push(await attempt(ports.port));
+      for (let i = 0; i < 6; i++) statuses.push(await attempt(group.port));
       expect(statuses.filter((s) => s === 101)).toHaveLength(4);
       expect(statuses.filter((s) => s === 'CONNECTIONS_FULL')).toHaveLength(2);
       expect(await storedSlots(redis.client, 't:0:')).toBe(4);
 
-      const open = sockets.slice(-4);
+      const open = fx.sockets.slice(-4);
       const gone = open.map((ws) => new Promise<boolean>((resolve) => {
         ws.once('close', () => resolve(true));
         setTimeout(() => resolve(false), 3000);
@@ -140,7 +124,7 @@ describe('store.redis with workers: 2', () => {
       expect(closedCount).toBeGreaterThan(0);
       // Well within leaseTtl (60 s): the primary resigned the dead worker's replica.
       await until(async () => (await storedSlots(redis.client, 't:0:')) === 4 - closedCount, 5000, 'the dead worker\'s slots to come back');
-      expect(await attempt(ports.port)).toBe(101);
+      expect(await attempt(group.port)).toBe(101);
     } finally {
       await redis.stop();
     }

@@ -1,54 +1,33 @@
-import { SignJWT } from 'jose';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type WebSocket from 'ws';
 import { closed, freePort, open } from './helpers/clients.js';
-import { removeSnapshot, spawnGuard, until, type GuardProc } from './helpers/fuzz.js';
+import { until, type GuardProc } from './helpers/fuzz.js';
 import { rawConnect, upgradeRequest } from './helpers/raw.js';
-import { startRedis, storedSlots, type RedisServer } from './helpers/redis.js';
-import { startUpstream, type Upstream } from './helpers/upstream.js';
+import { storedSlots } from './helpers/redis.js';
+import { jwt, jwtAuthLine, replicaFixture, type Ports } from './helpers/replicas.js';
 
-let upstream: Upstream;
-let redis: RedisServer;
-const running: GuardProc[] = [];
-const sockets: WebSocket[] = [];
-
-beforeAll(async () => {
-  [upstream, redis] = await Promise.all([startUpstream(), startRedis()]);
-});
-afterEach(async () => {
-  for (const ws of sockets.splice(0)) ws.terminate();
-  await Promise.all(running.splice(0).map((g) => g.stop()));
-  await redis.client.flushall();
-});
-afterAll(async () => {
-  await Promise.all([upstream?.stop(), redis?.stop()]);
-  removeSnapshot();
-});
+const fx = replicaFixture();
 
 interface ReplicaOptions {
   upstream?: string;
   leaseTtl?: string;
   /** Reuse a stopped replica's ports: the same replica coming back. */
-  ports?: { port: number; adminPort: number };
+  ports?: Ports;
 }
 
-async function replica(extra: string[], options: ReplicaOptions = {}): Promise<GuardProc> {
-  const ports = options.ports ?? { port: await freePort(), adminPort: await freePort() };
-  const yaml = [
-    `listen: 127.0.0.1:${ports.port}`,
-    `upstream: ${options.upstream ?? upstream.url}`,
-    `admin: 127.0.0.1:${ports.adminPort}`,
-    `store: { redis: "${redis.url}", leaseTtl: ${options.leaseTtl ?? '2s'} }`,
-    ...extra,
-    '',
-  ].join('\n');
-  const guard = await spawnGuard(yaml, {}, ports);
-  running.push(guard);
-  return guard;
+const lines = (extra: string[], options: ReplicaOptions) => (ports: Ports) => [
+  `upstream: ${options.upstream ?? fx.upstream.url}`,
+  `admin: 127.0.0.1:${ports.adminPort}`,
+  `store: { redis: "${fx.redis.url}", leaseTtl: ${options.leaseTtl ?? '2s'} }`,
+  ...extra,
+];
+
+function replica(extra: string[], options: ReplicaOptions = {}): Promise<GuardProc> {
+  return fx.spawnReplica(lines(extra, options), options.ports);
 }
 
-function replicas(n: number, extra: string[], options: ReplicaOptions = {}): Promise<GuardProc[]> {
-  return Promise.all(Array.from({ length: n }, () => replica(extra, options)));
+function replicas(n: number, extra: string[], options: Omit<ReplicaOptions, 'ports'> = {}): Promise<GuardProc[]> {
+  return fx.spawnReplicas(n, lines(extra, options));
 }
 
 interface Answer {
@@ -64,7 +43,7 @@ async function answer(port: number, path = '/ws/echo', options: { protocols?: st
     const ws = await open(`ws://127.0.0.1:${port}${path}`, options.protocols, { localAddress: options.localAddress });
     // A replica killed under its clients resets their sockets: that is the test, not a failure.
     ws.on('error', () => {});
-    sockets.push(ws);
+    fx.track(ws);
     return { status: 101, ws };
   } catch (err) {
     const { status, headers } = err as { status?: number; headers?: Record<string, string> };
@@ -97,26 +76,25 @@ const TOTAL = 't:0:';
  * host/pid/random: a restarted process has a new one.
  */
 async function heldBy(guard: GuardProc, counter: string): Promise<number | undefined> {
-  const fields = await redis.client.hgetall(`ws-guard:{slots}:c:${counter}`);
+  const fields = await fx.redis.client.hgetall(`ws-guard:{slots}:c:${counter}`);
   const mine = Object.entries(fields).filter(([replicaId]) => replicaId.split('/')[1] === String(guard.child.pid));
   return mine.length === 0 ? undefined : mine.reduce((sum, [, n]) => sum + Number(n), 0);
 }
 
 /** Whether a replica (by process id) still has an entry in the lease set. */
 async function registered(guard: GuardProc): Promise<boolean> {
-  const ids = await redis.client.zrange('ws-guard:{slots}:replicas', '0', '-1');
+  const ids = await fx.redis.client.zrange('ws-guard:{slots}:replicas', '0', '-1');
   return ids.some((replicaId) => replicaId.split('/')[1] === String(guard.child.pid));
 }
 
 /** The stored count comes back to `n` (releases are written after the close, not before it). */
 async function slotsBecome(counter: string, n: number, ms = 5000): Promise<void> {
-  await until(async () => (await storedSlots(redis.client, counter)) === n, ms, `the stored ${counter} count to be ${n}`);
+  await until(async () => (await storedSlots(fx.redis.client, counter)) === n, ms, `the stored ${counter} count to be ${n}`);
 }
 
 const SECRET = 'store-integration-secret-long-enough-for-hs256-0123456789';
-const token = (sub: string) =>
-  new SignJWT({ sub }).setProtectedHeader({ alg: 'HS256' }).setExpirationTime('1h').sign(new TextEncoder().encode(SECRET));
-const AUTH = `auth: { jwt: { secret: "${SECRET}", algorithms: [HS256] } }`;
+const token = (sub: string) => jwt(sub, SECRET, '1h');
+const AUTH = jwtAuthLine(SECRET);
 
 describe('store.redis: connection slots across replicas', () => {
   it('total: 4 on three replicas admits exactly four, whichever replicas the clients hit', async () => {
@@ -125,7 +103,7 @@ describe('store.redis: connection slots across replicas', () => {
     for (let i = 0; i < 9; i++) statuses.push(await attempt(guards[i % 3]!.port));
     expect(statuses.filter((s) => s === 101)).toHaveLength(4);
     expect(statuses.filter((s) => s === 503)).toHaveLength(5);
-    expect(await storedSlots(redis.client, 't:0:')).toBe(4);
+    expect(await storedSlots(fx.redis.client, 't:0:')).toBe(4);
   });
 
   it('perIp: 2 on three replicas: one address gets exactly two, the rest 429 CONNECTIONS_PER_IP; another address has its own two', async () => {
@@ -134,11 +112,11 @@ describe('store.redis: connection slots across replicas', () => {
     for (let i = 0; i < 6; i++) answers.push(await answer(guards[i % 3]!.port));
     expect(answers.filter((a) => a.status === 101)).toHaveLength(2);
     expect(answers.filter((a) => a.status !== 101)).toEqual(Array(4).fill({ status: 429, code: 'CONNECTIONS_PER_IP', retryAfter: '5' }));
-    expect(await storedSlots(redis.client, 'i:0::127.0.0.1')).toBe(2);
+    expect(await storedSlots(fx.redis.client, 'i:0::127.0.0.1')).toBe(2);
     const other: Answer[] = [];
     for (let i = 0; i < 3; i++) other.push(await answer(guards[(i + 2) % 3]!.port, '/ws/echo', { localAddress: '127.0.0.2' }));
     expect(other.map((a) => a.status)).toEqual([101, 101, 429]);
-    expect(await storedSlots(redis.client, 'i:0::127.0.0.2')).toBe(2);
+    expect(await storedSlots(fx.redis.client, 'i:0::127.0.0.2')).toBe(2);
   });
 
   it('perUser: 2 (JWT sub) on three replicas: exactly two for one user, the rest 429 CONNECTIONS_PER_USER; another user has its own two', async () => {
@@ -148,12 +126,12 @@ describe('store.redis: connection slots across replicas', () => {
     for (let i = 0; i < 6; i++) answers.push(await answer(guards[i % 3]!.port, '/ws/echo', { protocols: ['bearer', carol] }));
     expect(answers.filter((a) => a.status === 101)).toHaveLength(2);
     expect(answers.filter((a) => a.status !== 101)).toEqual(Array(4).fill({ status: 429, code: 'CONNECTIONS_PER_USER', retryAfter: '5' }));
-    expect(await storedSlots(redis.client, 'u:0::carol')).toBe(2);
+    expect(await storedSlots(fx.redis.client, 'u:0::carol')).toBe(2);
     const other: Answer[] = [];
     for (let i = 0; i < 3; i++) other.push(await answer(guards[(i + 1) % 3]!.port, '/ws/echo', { protocols: ['bearer', dave] }));
     expect(other.map((a) => a.status)).toEqual([101, 101, 429]);
     expect(other[2]!.code).toBe('CONNECTIONS_PER_USER');
-    expect(await storedSlots(redis.client, 'u:0::dave')).toBe(2);
+    expect(await storedSlots(fx.redis.client, 'u:0::dave')).toBe(2);
   });
 
   it('a route pool (total: 2 on /ws/echo) is exact across replicas; paths outside it are not counted in it', async () => {
@@ -162,9 +140,9 @@ describe('store.redis: connection slots across replicas', () => {
     for (let i = 0; i < 6; i++) answers.push(await answer(guards[i % 3]!.port));
     expect(answers.filter((a) => a.status === 101)).toHaveLength(2);
     expect(answers.filter((a) => a.status !== 101)).toEqual(Array(4).fill({ status: 503, code: 'CONNECTIONS_FULL', retryAfter: '5' }));
-    expect(await storedSlots(redis.client, 't:8:/ws/echo')).toBe(2);
+    expect(await storedSlots(fx.redis.client, 't:8:/ws/echo')).toBe(2);
     for (const g of guards) expect(await attempt(g.port, '/ws/push?bytes=0')).toBe(101);
-    expect(await storedSlots(redis.client, 't:8:/ws/echo')).toBe(2);
+    expect(await storedSlots(fx.redis.client, 't:8:/ws/echo')).toBe(2);
   });
 });
 
@@ -180,13 +158,13 @@ describe('store.redis: slots come back on every exit path', () => {
     await slotsBecome(TOTAL, 0);
     const statuses = [await attempt(guards[1]!.port), await attempt(guards[2]!.port), await attempt(guards[0]!.port)];
     expect(statuses).toEqual([101, 101, 503]);
-    expect(await storedSlots(redis.client, TOTAL)).toBe(2);
+    expect(await storedSlots(fx.redis.client, TOTAL)).toBe(2);
   }
 
   it('client close', async () => {
     const guards = await replicas(3, [LIMITS]);
     const ws = await admitted(guards[0]!);
-    expect(await storedSlots(redis.client, TOTAL)).toBe(1);
+    expect(await storedSlots(fx.redis.client, TOTAL)).toBe(1);
     await leave(ws);
     await poolIsWhole(guards);
   });
@@ -196,7 +174,7 @@ describe('store.redis: slots come back on every exit path', () => {
     const conn = await rawConnect(guards[0]!.port);
     conn.write(upgradeRequest('/ws/echo'));
     expect((await conn.readHttpResponse()).status).toBe(101);
-    expect(await storedSlots(redis.client, TOTAL)).toBe(1);
+    expect(await storedSlots(fx.redis.client, TOTAL)).toBe(1);
     conn.socket.resetAndDestroy();
     await poolIsWhole(guards);
   });
@@ -245,7 +223,7 @@ describe('store.redis: leases', () => {
     const statuses: number[] = [];
     for (let i = 0; i < 4; i++) statuses.push(await attempt(rest[i % 2]!.port));
     expect(statuses).toEqual([101, 101, 101, 503]);
-    expect(await storedSlots(redis.client, TOTAL)).toBe(4);
+    expect(await storedSlots(fx.redis.client, TOTAL)).toBe(4);
   }, 20_000);
 
   it('SIGTERM: a replica leaving on purpose gives its slots back at once, not after leaseTtl', async () => {
@@ -254,13 +232,13 @@ describe('store.redis: leases', () => {
     const [leaving, stayer] = guards as [GuardProc, GuardProc, GuardProc];
     const going = [await admitted(leaving), await admitted(leaving)];
     await admitted(stayer);
-    expect(await storedSlots(redis.client, TOTAL)).toBe(3);
+    expect(await storedSlots(fx.redis.client, TOTAL)).toBe(3);
     const codes = going.map((ws) => closed(ws));
     leaving.child.kill('SIGTERM');
     await leaving.closed;
     expect(leaving.exit).toMatchObject({ code: 0 });
     expect((await Promise.all(codes)).map((c) => c.code)).toEqual([1001, 1001]);
-    expect(await storedSlots(redis.client, TOTAL)).toBe(1);
+    expect(await storedSlots(fx.redis.client, TOTAL)).toBe(1);
     expect(await heldBy(leaving, TOTAL)).toBeUndefined();
     expect(await registered(leaving)).toBe(false);
     const statuses: number[] = [];
@@ -278,7 +256,7 @@ describe('store.redis: leases', () => {
       const real = () => [...open.values()].reduce((n, list) => n + list.length, 0);
       const previous = [await admitted(first), await admitted(first)];
       open.get(other)!.push(await admitted(other));
-      expect(await storedSlots(redis.client, TOTAL)).toBe(3);
+      expect(await storedSlots(fx.redis.client, TOTAL)).toBe(3);
 
       first.child.kill(signal);
       await first.closed;
@@ -297,14 +275,14 @@ describe('store.redis: leases', () => {
           if (signal === 'SIGTERM') expect(before, `${step}: ${counter} of the resigned life`).toBeUndefined();
           else expect([2, undefined], `${step}: ${counter} of the killed life`).toContain(before);
           for (const [g, list] of open) expect((await heldBy(g, counter)) ?? 0, `${step}: ${counter} of pid ${g.child.pid}`).toBe(list.length);
-          const stored = await storedSlots(redis.client, counter);
+          const stored = await storedSlots(fx.redis.client, counter);
           if (signal === 'SIGTERM') expect(stored, `${step}: stored ${counter}`).toBe(real());
           else expect([real(), real() + 2], `${step}: stored ${counter}`).toContain(stored);
         }
       };
 
       await check('restarted');
-      if (signal === 'SIGKILL') expect(await storedSlots(redis.client, TOTAL), 'the killed life still counts until its lease ends').toBe(3);
+      if (signal === 'SIGKILL') expect(await storedSlots(fx.redis.client, TOTAL), 'the killed life still counts until its lease ends').toBe(3);
       for (let i = 0; i < 3; i++) {
         open.get(again)!.push(await admitted(again));
         await check(`opened ${i + 1} on the restarted replica`);
