@@ -383,7 +383,7 @@ describe('config: store', () => {
     const { store } = parseConfig({ ...base, store: { redis: 'redis://:${REDIS_PASSWORD}@127.0.0.1:6379/2' } }, { REDIS_PASSWORD: 'pw' });
     expect(store?.redis).toBeInstanceOf(URL);
     expect((store?.redis as URL).password).toBe('pw');
-    expect({ ...store, redis: undefined }).toEqual({ redis: undefined, keyPrefix: 'ws-guard:', leaseTtl: 15_000, onError: 'local', timeout: 500, batch: 10 });
+    expect({ ...store, redis: undefined }).toEqual({ redis: undefined, keyPrefix: 'ws-guard:', leaseTtl: 15_000, onError: 'local', timeout: 500, batch: 'auto' });
   });
 
   it('takes the Sentinel and Cluster forms', () => {

@@ -520,8 +520,11 @@ const store = z.strictObject({
   onError: z.enum(['local', 'open', 'closed'], { error: 'expected local, open or closed' }).default('local'),
   /** The deadline of one call to Redis; past it the call counts as a failure (onError). */
   timeout: measured(DURATION, { min: 10, max: 60_000 }).default(500),
-  /** Messages a replica may pass per user or address (limits.messages per: user|ip) before Redis confirms them. */
-  batch: positive.max(10_000).default(10),
+  /**
+   * Message tokens (limits.messages per: user|ip) a replica may use ahead of Redis, per user or address:
+   * the overshoot bound is batch × replicas. `auto`: 100 ms of the rate (at least 1, at most the burst).
+   */
+  batch: z.union([z.literal('auto'), positive.max(1_000_000_000)], { error: 'expected auto or a positive whole number' }).default('auto'),
 });
 export type StoreConfig = z.output<typeof store>;
 

@@ -1,8 +1,8 @@
 import { Cluster, Redis, type RedisOptions } from 'ioredis';
 import type { StoreConfig } from '../config/schema.js';
-import { ACQUIRE, RECONCILE, RELEASE, RENEW, RESIGN, SPEND, TAKE_ONE } from './redis-scripts.js';
+import { ACQUIRE, LEASE, RECONCILE, RELEASE, RENEW, RESIGN, TAKE_ONE } from './redis-scripts.js';
 
-const SCRIPTS = { wsgAcquire: ACQUIRE, wsgRelease: RELEASE, wsgRenew: RENEW, wsgReconcile: RECONCILE, wsgResign: RESIGN, wsgTakeOne: TAKE_ONE, wsgSpend: SPEND };
+const SCRIPTS = { wsgAcquire: ACQUIRE, wsgRelease: RELEASE, wsgRenew: RENEW, wsgReconcile: RECONCILE, wsgResign: RESIGN, wsgTakeOne: TAKE_ONE, wsgLease: LEASE };
 export type ScriptName = keyof typeof SCRIPTS;
 
 export type RedisConnection = Redis | Cluster;

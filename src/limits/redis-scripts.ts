@@ -139,22 +139,26 @@ return 0
 `;
 
 /**
- * Message tokens already spent on credit by one replica (limits.messages per user or ip): KEYS: the
- * bucket (HASH tokens, at). ARGV: spent, tokens per ms, burst. The spent tokens are always subtracted, so
- * the bucket may go below zero: that debt is what the replicas overshot, and it delays the next tokens.
- * Returns {tokens left as text, ms until one token is there}.
+ * Message tokens for one replica (limits.messages per user or ip): KEYS: the bucket (HASH tokens, at).
+ * ARGV: tokens already used on credit, tokens wanted in advance, tokens per ms, burst. The used tokens are
+ * always subtracted, so the bucket may go below zero: that debt is what the replicas overshot, and it
+ * delays the next tokens. Of the wanted ones, only whole tokens the bucket has are granted.
+ * Returns {granted, tokens left as text, ms until one token is there}.
  */
-export const SPEND = `${NOW}
-local perMs = tonumber(ARGV[2])
-local burst = tonumber(ARGV[3])
+export const LEASE = `${NOW}
+local perMs = tonumber(ARGV[3])
+local burst = tonumber(ARGV[4])
 local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens = tonumber(b[1]) or burst
 local at = tonumber(b[2]) or now
 if now > at then tokens = math.min(burst, tokens + (now - at) * perMs) end
 tokens = tokens - tonumber(ARGV[1])
+local granted = 0
+if tokens >= 1 then granted = math.min(tonumber(ARGV[2]), math.floor(tokens)) end
+tokens = tokens - granted
 redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens), 'at', now)
 redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / perMs) + 1000)
 local wait = 0
 if tokens < 1 then wait = math.ceil((1 - tokens) / perMs) end
-return {string.format('%.6f', tokens), wait}
+return {granted, string.format('%.6f', tokens), wait}
 `;

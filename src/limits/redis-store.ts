@@ -5,7 +5,7 @@ import type { Rate } from '../config/units.js';
 import { GuardError } from '../errors.js';
 import type { StoreTransition } from '../events.js';
 import { TokenBucket } from './bucket.js';
-import { CreditBucket, type Spent } from './credit-bucket.js';
+import { LeaseBucket, type Leased } from './lease-bucket.js';
 import { MemoryStore } from './memory-store.js';
 import { connectRedis, runScript, type RedisConnection } from './redis-client.js';
 import { SlotLedger } from './slot-ledger.js';
@@ -44,6 +44,12 @@ export function resignReplica(client: RedisConnection, prefix: string, id: strin
   return runScript(client, 'wsgResign', [keys.replicas, keys.mine], [id]);
 }
 
+/** `store.batch: auto`: 100 ms of the rate, at least 1 and at most the burst (the bucket never holds more). */
+export const AUTO_BATCH_MS = 100;
+export function autoBatch(rate: Rate, burst: number): number {
+  return Math.max(1, Math.min(burst, Math.ceil((rate.count * AUTO_BATCH_MS) / rate.periodMs)));
+}
+
 /** Forgets idle message buckets this often (their state lives in Redis). */
 const SWEEP_MS = 60_000;
 
@@ -54,7 +60,7 @@ function describe(err: unknown): string {
 
 /**
  * The cluster-wide limit store (store.redis): connection slots exact across replicas, handshake and
- * request rates as GCRA buckets in Redis, per-message buckets spent on credit in batches (CreditBucket).
+ * request rates as GCRA buckets in Redis, per-message tokens leased in batches (LeaseBucket).
  *
  * Every slot this replica holds is also kept in its ledger. While Redis cannot answer (down, slower than
  * store.timeout, or it lost this replica's lease) admission follows onError: `local` checks the ledger
@@ -68,7 +74,7 @@ export class RedisStore implements LimitStore {
   private readonly client: RedisConnection;
   private readonly ledger = new SlotLedger();
   private readonly local = new MemoryStore();
-  private readonly credit = new Map<string, CreditBucket>();
+  private readonly leased = new Map<string, LeaseBucket>();
   private readonly keys: ReturnType<typeof slotKeys>;
   private state: StoreState = 'down';
   /** Slot scripts sent and not answered: the ledger is written back only when none is. */
@@ -212,17 +218,17 @@ export class RedisStore implements LimitStore {
   }
 
   sharedBucket(key: string, rate: Rate, burst: number): SharedBucket {
-    let bucket = this.credit.get(key);
+    let bucket = this.leased.get(key);
     if (bucket === undefined) {
       const perMs = rate.count / rate.periodMs;
-      bucket = new CreditBucket({
-        batch: this.config.batch,
+      bucket = new LeaseBucket({
+        batch: this.config.batch === 'auto' ? autoBatch(rate, burst) : this.config.batch,
         remote: () => this.state === 'up',
         fallback: new TokenBucket(rate, burst, Date.now()),
-        spend: (n) => this.spend(this.keys.messages + key, n, perMs, burst),
+        lease: (spent, want) => this.leaseTokens(this.keys.messages + key, spent, want, perMs, burst),
         failed: (err) => this.down(describe(err)),
       });
-      this.credit.set(key, bucket);
+      this.leased.set(key, bucket);
     }
     bucket.users++;
     const shared = bucket;
@@ -239,11 +245,13 @@ export class RedisStore implements LimitStore {
     };
   }
 
-  private async spend(key: string, n: number, perMs: number, burst: number): Promise<Spent> {
-    const reply = await runScript(this.client, 'wsgSpend', [key], [n, perMs, burst]);
-    const [tokens, waitMs] = Array.isArray(reply) ? reply.map(Number) : [];
-    if (!Number.isFinite(tokens) || !Number.isFinite(waitMs)) throw new Error('unexpected answer from Redis to a token spend');
-    return { tokens: tokens!, waitMs: waitMs! };
+  private async leaseTokens(key: string, spent: number, want: number, perMs: number, burst: number): Promise<Leased> {
+    const reply = await runScript(this.client, 'wsgLease', [key], [spent, want, perMs, burst]);
+    const [granted, tokens, waitMs] = Array.isArray(reply) ? reply.map(Number) : [];
+    if (!(Number.isInteger(granted) && granted! >= 0 && granted! <= want) || !Number.isFinite(tokens) || !Number.isFinite(waitMs)) {
+      throw new Error('unexpected answer from Redis to a token lease');
+    }
+    return { granted: granted!, tokens: tokens!, waitMs: waitMs! };
   }
 
   /** The next tick (at most a second away) or Redis's next 'ready' tries to come back up. */
@@ -312,7 +320,7 @@ export class RedisStore implements LimitStore {
 
   private sweep(): void {
     try {
-      for (const [key, bucket] of this.credit) if (bucket.idle()) this.credit.delete(key);
+      for (const [key, bucket] of this.leased) if (bucket.idle()) this.leased.delete(key);
     } catch (err) {
       this.onInternalError(err);
     }
