@@ -4,19 +4,27 @@
 // this process at the exact edges of the measured window.
 //
 // Usage: node bench/load.mjs '<json options>'   (spawned by bench/run.mjs)
-//   common:  { mode, port, pids: [..proxy pids..], otherPids: [..upstream pid..] }
+//   common:  { mode, port, pids: [..proxy pids..], otherPids: [..upstream pid..], proxyCpus, loadCpus }
+//            (the taskset lists the proxy and the rest are pinned to: the CPU other processes took on
+//            them in the window is reported, the noise of a shared machine)
 //   rate:    { size, rate, conns, warmupMs, durationMs }          fixed offered rate, latency + CPU
 //   pipe:    { size, conns, depth, warmupMs, durationMs }         saturation, `depth` in flight per conn
 //   idle:    { conns, concurrency, settleMs }                     RSS per idle connection
 //   http:    { conns, rate, warmupMs, durationMs, upstreamPort }                plain HTTP/1.1 keep-alive GETs, one in
 //            flight per connection; rate 0: saturation (each answer is followed at once by the next
 //            request), rate N: N req/s offered (a request waits for a free connection if none is idle)
+//   handshake: { conns, rate, warmupMs, durationMs }   short-lived WebSockets: connect, upgrade, closing
+//            handshake, TCP close; rate N: N upgrades/s offered with at most `conns` connections alive
+//            (past that a due upgrade waits), rate 0: closed loop, `conns` connections at all times
+//   with any mode: { storePids: [..redis-server pid..], storePort } the limit store, read like the proxy
+//            (its CPU) plus the scripts it ran (INFO commandstats) over the measured window
 // Prints exactly one JSON line with the result on stdout (progress on stderr), then exits.
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
-import { cpuMicros, cpuMicrosSum, cpuSplitMicros, minorFaults, rssKiBSum } from './proc.mjs';
+import { readFileSync } from 'node:fs';
+import { CLK_TCK, cpuMicros, cpuMicrosSum, cpuSplitMicros, minorFaults, rssKiBSum } from './proc.mjs';
 
 const opts = JSON.parse(process.argv[2]);
 const HOST = '127.0.0.1';
@@ -216,6 +224,34 @@ async function connectMany(port, count, concurrency) {
   return conns;
 }
 
+/** The CPUs of a taskset list such as "0", "0,2" or "1-3". */
+function cpuList(list) {
+  return String(list)
+    .split(',')
+    .flatMap((part) => {
+      const [from, to = from] = part.split('-').map(Number);
+      return Array.from({ length: to - from + 1 }, (_, i) => from + i);
+    });
+}
+
+/**
+ * Time the listed CPUs were not idle since boot (stolen time included), in microseconds, from /proc/stat.
+ * Interrupt time counts: a tick that lands in a softirq is charged to the process it interrupted in
+ * /proc/<pid>/stat as well, so the bench's own loopback work cancels out.
+ */
+function cpusBusyMicros(cpus) {
+  let total = 0;
+  for (const line of readFileSync('/proc/stat', 'utf8').split('\n')) {
+    const m = /^cpu(\d+) (.*)$/.exec(line);
+    if (!m || !cpus.includes(Number(m[1]))) continue;
+    const [user, nice, system, , , irq, softirq, steal] = m[2].trim().split(/\s+/).map(Number);
+    total += user + nice + system + irq + softirq + steal;
+  }
+  return (total * 1e6) / CLK_TCK;
+}
+const PROXY_CPUS = opts.proxyCpus === undefined ? null : cpuList(opts.proxyCpus);
+const LOAD_CPUS = opts.loadCpus === undefined ? null : cpuList(opts.loadCpus);
+
 function snapshot() {
   return {
     t: performance.now(),
@@ -223,14 +259,53 @@ function snapshot() {
     proxySys: (opts.pids ?? []).reduce((sum, pid) => sum + cpuSplitMicros(pid)[1], 0),
     proxyFaults: (opts.pids ?? []).reduce((sum, pid) => sum + minorFaults(pid), 0),
     other: cpuMicrosSum(opts.otherPids ?? []),
+    store: cpuMicrosSum(opts.storePids ?? []),
     self: cpuMicros(process.pid),
+    proxyCores: PROXY_CPUS ? cpusBusyMicros(PROXY_CPUS) : 0,
+    loadCores: LOAD_CPUS ? cpusBusyMicros(LOAD_CPUS) : 0,
+  };
+}
+
+/**
+ * Scripts (EVAL, EVALSHA) the limit store (redis-server) has run, from `INFO commandstats` on a connection
+ * of its own, or null without a store. ws-guard sends Redis nothing but scripts, so this is its round
+ * trips; the commands inside a script are counted apart by Redis, and INFO itself is not a script.
+ */
+function storeScripts() {
+  if (!opts.storePort) return Promise.resolve(null);
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: HOST, port: opts.storePort });
+    let text = '';
+    socket.setEncoding('latin1');
+    socket.setTimeout(5000, () => socket.destroy(new Error('redis INFO: no answer within 5 s')));
+    socket.once('error', reject);
+    socket.once('connect', () => socket.write('INFO commandstats\r\n'));
+    socket.on('data', (d) => {
+      text += d;
+      // One RESP bulk string: $<length>\r\n<body>\r\n
+      const eol = text.indexOf('\r\n');
+      if (eol < 0 || text.length < eol + 2 + Number(text.slice(1, eol)) + 2) return;
+      socket.destroy();
+      if (!text.startsWith('$')) reject(new Error(`redis INFO: unexpected answer ${text.slice(0, 80)}`));
+      else resolve([...text.matchAll(/^cmdstat_eval\w*:calls=(\d+)/gm)].reduce((sum, m) => sum + Number(m[1]), 0));
+    });
+  });
+}
+
+/** The store's CPU and scripts per message (or request, or upgrade) over the window; {} without a store. */
+function storeReport(a, b, before, after, messages) {
+  if (!opts.storePids?.length) return {};
+  return {
+    storeUsPerMsg: (b.store - a.store) / messages,
+    storeBusy: (b.store - a.store) / ((b.t - a.t) * 1000),
+    storeScriptsPerMsg: before === null ? null : (after - before) / messages,
   };
 }
 
 function cpuReport(a, b, messages) {
   const wallUs = (b.t - a.t) * 1000;
   const proxyUs = b.proxy - a.proxy;
-  const core1Us = b.other - a.other + (b.self - a.self);
+  const core1Us = b.other - a.other + (b.store - a.store) + (b.self - a.self);
   return {
     upstreamBusy: (b.other - a.other) / wallUs,
     loadBusy: (b.self - a.self) / wallUs,
@@ -241,8 +316,11 @@ function cpuReport(a, b, messages) {
     proxyBusy: opts.pids?.length ? proxyUs / wallUs : null,
     proxySysShare: opts.pids?.length && proxyUs > 0 ? (b.proxySys - a.proxySys) / proxyUs : null,
     proxyFaultsPerMsg: opts.pids?.length ? (b.proxyFaults - a.proxyFaults) / messages : null,
-    // upstream + this load generator, both pinned to the other core
+    // upstream + the store (if any) + this load generator, all pinned to the other core
     core1Busy: core1Us / wallUs,
+    // what processes outside the bench took of the proxy's core(s) and of the other one(s)
+    foreignProxyCore: PROXY_CPUS ? (b.proxyCores - a.proxyCores - proxyUs) / wallUs : null,
+    foreignLoadCore: LOAD_CPUS ? (b.loadCores - a.loadCores - core1Us) / wallUs : null,
   };
 }
 
@@ -314,6 +392,7 @@ async function rateMode() {
   const interval = setInterval(tick, 1);
 
   await sleep(warmupMs);
+  const s0 = await storeScripts();
   recording = true;
   inWindow = true;
   windowEchoes = 0;
@@ -322,6 +401,7 @@ async function rateMode() {
   const b = snapshot();
   inWindow = false;
   recording = false;
+  const s1 = await storeScripts();
   const echoes = windowEchoes;
   const recorded = nRtt;
   sending = false;
@@ -333,6 +413,7 @@ async function rateMode() {
   for (const conn of conns) conn.socket.destroy();
   return {
     ...cpuReport(a, b, echoes),
+    ...storeReport(a, b, s0, s1, echoes),
     offeredRate: rate,
     achievedRate: echoes / ((b.t - a.t) / 1000),
     lost: outstanding,
@@ -367,6 +448,7 @@ async function pipeMode() {
     outstanding += depth;
   }
   await sleep(warmupMs);
+  const s0 = await storeScripts();
   const e0 = echoes;
   const c0 = chunksReceived;
   const a = snapshot();
@@ -374,6 +456,7 @@ async function pipeMode() {
   const b = snapshot();
   const messages = echoes - e0;
   const chunks = chunksReceived - c0;
+  const s1 = await storeScripts();
   running = false;
   const drainUntil = performance.now() + 5000;
   while (outstanding > 0 && performance.now() < drainUntil) await sleep(10);
@@ -381,6 +464,7 @@ async function pipeMode() {
   const seconds = (b.t - a.t) / 1000;
   return {
     ...cpuReport(a, b, messages),
+    ...storeReport(a, b, s0, s1, messages),
     msgPerS: messages / seconds,
     // echoed payload per second (each byte crossed the proxy twice: in and back out)
     mbPerS: (messages * size) / seconds / 1e6,
@@ -638,11 +722,13 @@ async function httpMode() {
   await sleep(warmupMs);
   const c0 = chunksReceived;
   const up0 = opts.upstreamPort ? await upstreamStats(opts.upstreamPort) : null;
+  const s0 = await storeScripts();
   inWindow = true;
   const a = snapshot();
   await sleep(durationMs);
   const b = snapshot();
   inWindow = false;
+  const s1 = await storeScripts();
   const up1 = opts.upstreamPort ? await upstreamStats(opts.upstreamPort) : null;
   const chunks = chunksReceived - c0;
   running = false;
@@ -656,6 +742,7 @@ async function httpMode() {
   const seconds = (b.t - a.t) / 1000;
   return {
     ...cpuReport(a, b, windowAnswers),
+    ...storeReport(a, b, s0, s1, windowAnswers),
     reqPerS: windowAnswers / seconds,
     offeredRate: rate || undefined,
     achievedRate: rate ? windowAnswers / seconds : undefined,
@@ -675,7 +762,148 @@ async function httpMode() {
   };
 }
 
-const modes = { rate: rateMode, pipe: pipeMode, idle: idleMode, http: httpMode };
+/** A masked close frame, status 1000, as a client ends a WebSocket. */
+const CLOSE_FRAME = (() => {
+  const key = [0x37, 0xfa, 0x21, 0x3d];
+  const payload = [0x03, 0xe8];
+  return Buffer.from([0x88, 0x80 | payload.length, ...key, ...payload.map((b, i) => b ^ key[i])]);
+})();
+
+/**
+ * Short-lived WebSockets, one after the other: connect, upgrade (latency: from the connect call to the
+ * 101's blank line), a close frame, and the wait for the server to end TCP, as RFC 6455 has it. The CPU
+ * per upgrade therefore covers a whole short connection: upgrade, the dial and the upstream's 101, the
+ * closing handshake and the teardown. Every upgrade carries the same prebuilt request (a fixed
+ * Sec-WebSocket-Key: the server computes the accept all the same).
+ */
+async function handshakeMode() {
+  const { port, conns: maxConns, rate = 0, warmupMs, durationMs } = opts;
+  const request = Buffer.from(
+    `GET /bench HTTP/1.1\r\nHost: ${HOST}:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+      `Sec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n` +
+      (opts.authorization ? `Authorization: Bearer ${opts.authorization}\r\n` : '') +
+      '\r\n',
+    'latin1',
+  );
+  const capacity = 1_000_000;
+  const lat = new Float64Array(capacity);
+  let nLat = 0;
+  let inWindow = false;
+  let windowUpgrades = 0;
+  let alive = 0; // connections started and not yet closed
+  let failed = 0; // no 101 (refused, reset, timeout)
+  let firstFailure = '';
+  let slowCloses = 0; // the server had not ended TCP 5 s after the close frame
+  let running = true;
+  let backlog = 0; // rate mode: upgrades due while `maxConns` were alive
+
+  const next = () => {
+    if (!running) return;
+    if (rate === 0) one();
+    else if (backlog > 0) {
+      backlog--;
+      one();
+    }
+  };
+  const one = () => {
+    alive++;
+    const t0 = performance.now();
+    const socket = net.connect({ host: HOST, port, noDelay: true });
+    let head = '';
+    let upgraded = false;
+    let done = false;
+    const finish = (failure) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      socket.destroy();
+      alive--;
+      if (failure) {
+        failed++;
+        firstFailure ||= failure;
+      }
+      next();
+    };
+    let timer = setTimeout(() => finish('no 101 within 15 s'), 15_000);
+    socket.once('connect', () => socket.write(request));
+    socket.on('error', (err) => finish(upgraded ? undefined : err.code ?? err.message));
+    socket.on('close', () => finish(upgraded ? undefined : 'closed before the 101'));
+    socket.on('data', (chunk) => {
+      if (upgraded) return; // the server's close frame; its FIN follows
+      head += chunk.latin1Slice(0, chunk.length);
+      const end = head.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      const now = performance.now();
+      const status = head.slice(0, head.indexOf('\r\n'));
+      if (!/^HTTP\/1\.1 101 /.test(status)) {
+        finish(status);
+        return;
+      }
+      upgraded = true;
+      if (inWindow) {
+        windowUpgrades++;
+        if (nLat < capacity) lat[nLat++] = now - t0;
+      }
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        slowCloses++;
+        finish();
+      }, 5000);
+      socket.write(CLOSE_FRAME);
+    });
+  };
+
+  let interval = null;
+  if (rate === 0) for (let i = 0; i < maxConns; i++) one();
+  else {
+    let due = 0;
+    const t0 = performance.now();
+    interval = setInterval(() => {
+      const now = Math.floor(((performance.now() - t0) * rate) / 1000);
+      backlog += now - due;
+      due = now;
+      while (backlog > 0 && alive < maxConns) {
+        backlog--;
+        one();
+      }
+    }, 1);
+  }
+
+  await sleep(warmupMs);
+  const s0 = await storeScripts();
+  inWindow = true;
+  const a = snapshot();
+  await sleep(durationMs);
+  const b = snapshot();
+  inWindow = false;
+  const s1 = await storeScripts();
+  running = false;
+  if (interval) clearInterval(interval);
+  const drainUntil = performance.now() + 10_000;
+  while (alive > 0 && performance.now() < drainUntil) await sleep(10);
+  if (windowUpgrades === 0) throw new Error(`no upgrade completed in the window (first failure: ${firstFailure || 'none'})`);
+  const sorted = lat.slice(0, nLat).sort();
+  const seconds = (b.t - a.t) / 1000;
+  return {
+    ...cpuReport(a, b, windowUpgrades),
+    ...storeReport(a, b, s0, s1, windowUpgrades),
+    upgradesPerS: windowUpgrades / seconds,
+    offeredRate: rate || undefined,
+    achievedRate: rate ? windowUpgrades / seconds : undefined,
+    unit: 'upgrades/s',
+    conns: maxConns,
+    failed,
+    firstFailure: firstFailure || undefined,
+    slowCloses,
+    stuck: alive,
+    backlogAtEnd: backlog,
+    p50Ms: percentile(sorted, 50),
+    p99Ms: percentile(sorted, 99),
+    maxMs: sorted[sorted.length - 1],
+  };
+}
+
+const modes = { rate: rateMode, pipe: pipeMode, idle: idleMode, http: httpMode, handshake: handshakeMode };
 modes[opts.mode]()
   .then((result) => {
     process.stdout.write(`${JSON.stringify(result)}\n`, () => process.exit(0));

@@ -6,6 +6,8 @@
 // load generator (bench/load.mjs) are pinned to CPU 1. CPU per message is utime+stime of the proxy
 // process(es) from /proc/<pid>/stat across the measured window, divided by the messages echoed in it.
 // Row g does the same for plain HTTP: keep-alive GETs to bench/http-upstream.mjs, CPU per request.
+// Row h: short-lived WebSockets (upgrade, close), latency to the 101 and CPU per upgrade. The
+// policies+redis setup runs Debian's redis-server as its limit store, pinned with the upstream.
 // See docs/performance.md for what each row means. `node bench/run.mjs --help` lists the flags.
 import { spawn, execFileSync } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -19,7 +21,7 @@ const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const BENCH = path.join(ROOT, 'bench');
 
 const DEFAULTS = {
-  setups: 'direct,ws-guard,policies,nginx',
+  setups: 'direct,ws-guard,policies,policies+redis,nginx',
   rate: 10000, // offered msg/s for rows a-c (20k already loads the upstream+load core to 85-99% on the 2-core VM)
   conns: 50, // connections for rows a-c
   duration: 2.5, // s, measured window of each load test
@@ -36,6 +38,8 @@ const DEFAULTS = {
   'idle-settle': 2, // s to let the proxy settle before each RSS reading
   'http-conns': 50, // keep-alive connections for row g, one request in flight on each
   'http-rate': 0, // offered req/s for row g; 0: saturation (each answer is followed at once by the next request)
+  'hs-rate': 200, // offered upgrades/s for row h; 0: closed loop (--hs-conns connections at all times)
+  'hs-conns': 200, // row h: connections alive at most (fixed rate) or at all times (closed loop)
   'proxy-cpu': '0',
   'load-cpu': '1',
   guard: 'bin/ws-guard.js', // the ws-guard entry to run (another build can be compared with --guard)
@@ -44,21 +48,26 @@ const DEFAULTS = {
   upstream: 'ws', // echo upstream for rows a-c and f: ws (bench/upstream.mjs) or raw (bench/raw-upstream.mjs)
   'sat-upstream': 'raw', // echo upstream for rows d-e (the ws one saturates the shared core first)
   nginx: '/usr/sbin/nginx',
+  redis: '/usr/bin/redis-server', // the limit store of the policies+redis setup
+  'redis-batch': 0, // store.batch of policies+redis; 0: ws-guard's default
   json: '', // also write the raw results to this file
   build: false, // run `npx tsc -p tsconfig.build.json` first
-  tests: 'a,b,c,d,e,f,g', // subset of rows to run (c comes with a)
+  tests: 'a,b,c,d,e,f,g,h', // subset of rows to run (c comes with a)
   quick: false,
 };
+const SETUPS = ['direct', 'ws-guard', 'policies', 'policies+redis', 'nginx'];
 const QUICK = { reps: 1, duration: 1.2, warmup: 0.5, 'idle-conns': 1000, 'idle-settle': 0.5 };
 
 const HELP = `Usage: node bench/run.mjs [--quick] [--flag value ...]   (npm run bench -- --quick)
 
 Compares client -> upstream (direct), client -> ws-guard -> upstream and client -> nginx -> upstream.
 Flags (defaults in brackets):
-  --quick               ~35 s smoke run (${Object.entries(QUICK).map(([k, v]) => `--${k} ${v}`).join(', ')})
-  --setups LIST         comma list of direct,ws-guard,policies,nginx [${DEFAULTS.setups}]
+  --quick               ~75 s smoke run (${Object.entries(QUICK).map(([k, v]) => `--${k} ${v}`).join(', ')})
+  --setups LIST         comma list of ${SETUPS.join(',')} [${DEFAULTS.setups}]
                         (policies: ws-guard with JWT-authenticated connections, message rate and size limits,
-                        connection and handshake limits, idle timeout, all set high enough never to refuse)
+                        connection and handshake limits, idle timeout, all set high enough never to refuse;
+                        policies+redis: the same with store.redis, a redis-server the bench starts, and
+                        limits.messages per: user, so slots, handshake rates and message tokens are in Redis)
   --rate N              offered msg/s for rows a-c [${DEFAULTS.rate}]
   --conns N             connections for rows a-c [${DEFAULTS.conns}]
   --duration S          measured seconds per load test [${DEFAULTS.duration}]
@@ -75,17 +84,24 @@ Flags (defaults in brackets):
   --idle-settle S       settle time before each RSS reading [${DEFAULTS['idle-settle']}]
   --http-conns N        keep-alive connections for row g, one request in flight each [${DEFAULTS['http-conns']}]
   --http-rate N         offered req/s for row g; 0 = saturation [${DEFAULTS['http-rate']}]
+  --hs-rate N           offered upgrades/s for row h; 0 = closed loop [${DEFAULTS['hs-rate']}]
+  --hs-conns N          row h: connections alive at most (fixed rate) / at all times (closed loop) [${DEFAULTS['hs-conns']}]
   --proxy-cpu LIST      taskset CPU list for the proxy [${DEFAULTS['proxy-cpu']}]
-  --load-cpu LIST       taskset CPU list for upstream + load generator [${DEFAULTS['load-cpu']}]
+  --load-cpu LIST       taskset CPU list for upstream + redis-server + load generator [${DEFAULTS['load-cpu']}]
   --upstream ws|raw     echo upstream for rows a-c, f [${DEFAULTS.upstream}]
   --sat-upstream ws|raw echo upstream for rows d, e [${DEFAULTS['sat-upstream']}]
   --guard PATH          ws-guard entry point, relative to the repo or absolute [${DEFAULTS.guard}]
   --guard-node PATH     node binary that runs ws-guard [the bench's own]
   --guard-env LIST      extra environment for ws-guard, KEY=VALUE[,KEY=VALUE...] [none]
   --nginx PATH          nginx binary [${DEFAULTS.nginx}]
+  --redis PATH          redis-server binary for policies+redis [${DEFAULTS.redis}]
+  --redis-batch N       store.batch for policies+redis: messages per user passed before Redis confirms
+                        them; 0 = ws-guard's default [${DEFAULTS['redis-batch']}]
   --tests LIST          rows to run, e.g. a,d,f or g (c is measured with a) [${DEFAULTS.tests}]
                         (g: plain HTTP GETs, 30 B answers, through each setup to bench/http-upstream.mjs;
-                        req/s and proxy CPU µs per request)
+                        req/s and proxy CPU µs per request;
+                        h: WebSocket upgrades that close at once, at --hs-rate; latency from connect to
+                        the 101, proxy CPU µs per upgrade, and for policies+redis Redis's own CPU)
   --json FILE           also write the raw results as JSON
   --build               run \`npx tsc -p tsconfig.build.json\` before starting
 `;
@@ -111,7 +127,7 @@ function parseArgs(argv) {
       if (value === undefined) throw new Error(`--${arg} needs a value`);
       if (typeof DEFAULTS[arg] === 'number') {
         value = Number(value);
-        const zeroOk = arg === 'http-rate';
+        const zeroOk = ['http-rate', 'hs-rate', 'redis-batch'].includes(arg);
         if (!Number.isFinite(value) || value < 0 || (value === 0 && !zeroOk)) throw new Error(`--${arg} must be a positive number`);
       }
     }
@@ -120,10 +136,10 @@ function parseArgs(argv) {
   if (given.quick) Object.assign(opts, QUICK);
   Object.assign(opts, given);
   opts.setups = String(opts.setups).split(',').map((s) => s.trim()).filter(Boolean);
-  for (const s of opts.setups) if (!['direct', 'ws-guard', 'policies', 'nginx'].includes(s)) throw new Error(`unknown setup ${s}`);
+  for (const s of opts.setups) if (!SETUPS.includes(s)) throw new Error(`unknown setup ${s}`);
   for (const k of ['upstream', 'sat-upstream']) if (!['ws', 'raw'].includes(opts[k])) throw new Error(`--${k} must be ws or raw`);
   opts.tests = String(opts.tests).split(',').map((s) => s.trim()).filter(Boolean);
-  for (const t of opts.tests) if (!['a', 'b', 'c', 'd', 'e', 'f', 'g'].includes(t)) throw new Error(`unknown row ${t}`);
+  for (const t of opts.tests) if (!['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h'].includes(t)) throw new Error(`unknown row ${t}`);
   return opts;
 }
 
@@ -299,12 +315,21 @@ const POLICIES = [
 const HTTP_LIMITS = ['limits:', '  requests: { concurrent: 100000 }'];
 const HTTP_POLICIES = ['  requests: { rate: 100000000/s, burst: 100000000, per: user, concurrent: 100000 }'];
 
+/**
+ * policies+redis: the policies over store.redis. Slots and handshake rates then live in Redis as they are;
+ * the message rate is counted per user so that it is shared through Redis too (per connection stays local).
+ * Every load connection has the same token, so all messages spend one user's tokens: the worst case for
+ * the credit batches (one key, every message on it). In row g the request rate (per: user) is in Redis too.
+ */
+const REDIS_POLICIES = POLICIES.map((line) => (line.startsWith('  messages:') ? line.replace('onExceed', 'per: user, onExceed') : line));
+const redisStore = (port) => ['store:', `  redis: redis://127.0.0.1:${port}/0`, ...(opts['redis-batch'] ? [`  batch: ${opts['redis-batch']}`] : [])];
+
 async function benchToken() {
   const { SignJWT } = await import('jose');
   return new SignJWT({ sub: 'bench' }).setProtectedHeader({ alg: 'HS256' }).setExpirationTime('2h').sign(new TextEncoder().encode(BENCH_SECRET));
 }
 
-async function startWsGuard(upstreamPort, policies = false, http = false) {
+async function startWsGuard(upstreamPort, { policies = false, redisPort, http = false }) {
   const port = await freePort();
   const dir = mkdtempSync(path.join(tmp, 'ws-guard-'));
   const config = path.join(dir, 'guard.yaml');
@@ -321,7 +346,8 @@ async function startWsGuard(upstreamPort, policies = false, http = false) {
       '  upstreamResponse: 10s',
       '  close: 5s',
       '  drain: 2s',
-      ...(policies ? [...POLICIES, ...(http ? HTTP_POLICIES : [])] : http ? HTTP_LIMITS : []),
+      ...(policies ? [...(redisPort ? REDIS_POLICIES : POLICIES), ...(http ? HTTP_POLICIES : [])] : http ? HTTP_LIMITS : []),
+      ...(redisPort ? redisStore(redisPort) : []),
       '',
     ].join('\n'),
   );
@@ -338,9 +364,42 @@ async function startWsGuard(upstreamPort, policies = false, http = false) {
   return { proc, port, pids: [proc.pid], logFile };
 }
 
-function startProxy(setup, upstreamPort, http = false) {
+function startProxy(setup, upstreamPort, store, http = false) {
   if (setup === 'nginx') return startNginx(upstreamPort);
-  return startWsGuard(upstreamPort, setup === 'policies', http);
+  return startWsGuard(upstreamPort, { policies: setup.startsWith('policies'), redisPort: setup === 'policies+redis' ? store.port : undefined, http });
+}
+
+/**
+ * The limit store of policies+redis: Debian's redis-server on a free port, nothing saved to disk, pinned
+ * with the upstream and the load (its CPU is read apart from the proxy's). null when no setup needs it.
+ */
+async function startRedis() {
+  if (!opts.setups.includes('policies+redis')) return null;
+  const port = await freePort();
+  const proc = spawnPinned('redis-server', opts['load-cpu'], [opts.redis, '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+    stdout: 'ignore',
+  });
+  await waitForPort(port, proc, 'redis-server');
+  return { proc, port, pids: [proc.pid] };
+}
+
+/** What the load generator needs to know of a setup: where to connect, which PIDs to read, the token. */
+async function target(setup, upstream, store, http = false) {
+  if (setup === 'direct') return { port: upstream.port, pids: [] };
+  const proxy = await startProxy(setup, upstream.port, store, http);
+  return {
+    port: proxy.port,
+    pids: proxy.pids,
+    logFile: proxy.logFile,
+    authorization: setup.startsWith('policies') ? await benchToken() : undefined,
+    ...(setup === 'policies+redis' ? { storePids: store.pids, storePort: store.port } : {}),
+  };
+}
+
+/** Times the guard's limit store went down (it then admits on its own: the figures are not Redis's). */
+function storeDowns(logFile) {
+  if (!logFile) return 0;
+  return readFileSync(logFile, 'utf8').split('\n').filter((line) => line.includes('limit store unreachable')).length;
 }
 
 async function startNginx(upstreamPort) {
@@ -452,7 +511,7 @@ function summarize(runs) {
     out[`${key}Max`] = values[values.length - 1];
   }
   // Counts of things that went wrong are totals over the runs, not medians.
-  for (const key of ['lost', 'notOk', 'reconnects']) out[key] = runs.reduce((sum, r) => sum + (r[key] ?? 0), 0);
+  for (const key of ['lost', 'notOk', 'reconnects', 'failed', 'slowCloses', 'stuck', 'storeDowns']) out[key] = runs.reduce((sum, r) => sum + (r[key] ?? 0), 0);
   return out;
 }
 
@@ -465,23 +524,28 @@ async function benchLoad(results, tests, upstreamKind) {
   tests = tests.filter(([, rows]) => rows.some((row) => opts.tests.includes(row)));
   if (tests.length === 0) return;
   const upstream = await startUpstream(upstreamKind);
-  const targets = {};
   try {
-    for (const setup of opts.setups) {
-      if (setup === 'direct') targets[setup] = { port: upstream.port, pids: [] };
-      else {
-        const proxy = await startProxy(setup, upstream.port, upstreamKind === 'http');
-        targets[setup] = { port: proxy.port, pids: proxy.pids, authorization: setup === 'policies' ? await benchToken() : undefined };
-      }
-    }
-    const base = { otherPids: upstream.pids, upstreamPort: upstream.port, warmupMs: opts.warmup * 1000, durationMs: opts.duration * 1000 };
+    const store = await startRedis();
+    const targets = {};
+    for (const setup of opts.setups) targets[setup] = await target(setup, upstream, store, upstreamKind === 'http');
+    const base = {
+      otherPids: upstream.pids,
+      upstreamPort: upstream.port,
+      warmupMs: opts.warmup * 1000,
+      durationMs: opts.duration * 1000,
+      proxyCpus: opts['proxy-cpu'],
+      loadCpus: opts['load-cpu'],
+    };
     for (const [key, , label, params] of tests) {
       const runs = Object.fromEntries(opts.setups.map((s) => [s, []]));
       for (let rep = 0; rep < opts.reps; rep++) {
         const order = opts.setups.map((_, i) => opts.setups[(i + rep) % opts.setups.length]);
         for (const setup of order) {
           log(`${label}, ${upstreamKind} upstream: ${setup} (${rep + 1}/${opts.reps})`);
-          runs[setup].push(await runLoad({ ...base, ...params, ...targets[setup] }));
+          const { logFile, ...where } = targets[setup];
+          const downsBefore = storeDowns(logFile);
+          const run = await runLoad({ ...base, ...params, ...where });
+          runs[setup].push({ ...run, storeDowns: storeDowns(logFile) - downsBefore });
         }
       }
       for (const setup of opts.setups) results[setup][key] = { ...summarize(runs[setup]), upstream: upstreamKind };
@@ -491,9 +555,11 @@ async function benchLoad(results, tests, upstreamKind) {
   }
 }
 
+const HS_LOAD = opts['hs-rate'] ? `${opts['hs-rate']} upgrades/s offered, ${opts['hs-conns']} alive at most` : `closed loop, ${opts['hs-conns']} connections`;
 const RATE_TESTS = [
   ['small', ['a', 'c'], `a/c fixed rate ${opts.rate} msg/s, ${opts['small-size']} B`, { mode: 'rate', size: opts['small-size'], rate: opts.rate, conns: opts.conns }],
   ['mid', ['b'], `b fixed rate ${opts.rate} msg/s, ${opts['mid-size']} B`, { mode: 'rate', size: opts['mid-size'], rate: opts.rate, conns: opts.conns }],
+  ['hs', ['h'], `h upgrades, ${HS_LOAD}`, { mode: 'handshake', rate: opts['hs-rate'], conns: opts['hs-conns'] }],
 ];
 const HTTP_TESTS = [
   [
@@ -514,13 +580,12 @@ async function benchIdle(results) {
     if (setup === 'direct') continue;
     const upstream = await startUpstream();
     try {
-      const proxy = await startProxy(setup, upstream.port);
+      const store = setup === 'policies+redis' ? await startRedis() : null;
+      const { logFile, storePids, storePort, ...where } = await target(setup, upstream, store);
       log(`f ${opts['idle-conns']} idle connections: ${setup}`);
       results[setup].idle = await runLoad({
-        authorization: setup === 'policies' ? await benchToken() : undefined,
+        ...where,
         mode: 'idle',
-        port: proxy.port,
-        pids: proxy.pids,
         conns: opts['idle-conns'],
         concurrency: 100,
         settleMs: opts['idle-settle'] * 1000,
@@ -543,9 +608,22 @@ const fmt = {
   kib: (v) => (v == null || !Number.isFinite(v) ? '-' : v.toFixed(2)),
 };
 
+/** Redis's CPU per unit of work and the scripts ws-guard ran in it per `per` units, for setups with a store. */
+function storeCell(v, per) {
+  if (v?.storeUsPerMsg == null) return '-';
+  const scripts = v.storeScriptsPerMsg == null ? '-' : (v.storeScriptsPerMsg * per).toFixed(per === 1 ? 2 : 0);
+  return `${fmt.us(v.storeUsPerMsg)} / ${scripts}`;
+}
+
+/** The share of the proxy's core and of the load core that processes outside the bench took (noise). */
+function foreign(v) {
+  return v?.foreignProxyCore == null ? '-' : `${fmt.pct(Math.max(0, v.foreignProxyCore))} / ${fmt.pct(Math.max(0, v.foreignLoadCore))}`;
+}
+
 function table(results) {
   const by = Object.fromEntries(results.map((r) => [r.setup, r]));
-  const cols = ['direct', 'ws-guard', 'policies', 'nginx'].filter((c) => by[c]);
+  const hsLoad = opts['hs-rate'] ? `${fmt.int(opts['hs-rate'])}/s` : `closed loop x${opts['hs-conns']}`;
+  const cols = SETUPS.filter((c) => by[c]);
   const cell = (setup, f) => (by[setup] ? f(by[setup]) : 'n/a');
   const s = opts['small-size'];
   const rows = [
@@ -559,6 +637,8 @@ function table(results) {
       `g. plain HTTP req/s / proxy CPU µs/req, ${opts['http-rate'] ? `${fmt.int(opts['http-rate'])} req/s offered` : 'saturation'}, ${opts['http-conns']}x1`,
       (r) => `${fmt.int(r.http?.reqPerS)} / ${fmt.us(r.http?.proxyUsPerMsg)}`,
     ],
+    [`h. upgrade latency p50 / p99, ${hsLoad}`, (r) => `${fmt.ms(r.hs?.p50Ms)} / ${fmt.ms(r.hs?.p99Ms)}`],
+    [`h. proxy CPU µs per upgrade, ${hsLoad}`, (r) => fmt.us(r.hs?.proxyUsPerMsg)],
   ];
   const range = (r, f) => (r ? `${f(r.min)}–${f(r.max)}` : '-');
   const mm = (v, key) => (v ? { min: v[`${key}Min`], max: v[`${key}Max`] } : null);
@@ -568,6 +648,8 @@ function table(results) {
     ['   a / b proxy core busy', (r) => `${fmt.pct(r.small?.proxyBusy)} / ${fmt.pct(r.mid?.proxyBusy)}`],
     ['   a / b upstream+load core busy', (r) => `${fmt.pct(r.small?.core1Busy)} / ${fmt.pct(r.mid?.core1Busy)}`],
     ['   a proxy CPU in kernel (stime share)', (r) => fmt.pct(r.small?.proxySysShare)],
+    ['   a Redis CPU µs/msg, Redis scripts per 1,000 msgs', (r) => storeCell(r.small, 1000)],
+    ['   a CPU other processes took: proxy core / load core', (r) => foreign(r.small)],
     ['   c p99 range, RTT p99.9', (r) => `${range(mm(r.small, 'p99Ms'), fmt.ms)}, ${fmt.ms(r.small?.p999Ms)}`],
     [`   d range over ${opts.reps} reps`, (r) => range(mm(r.sat, 'msgPerS'), fmt.int)],
     ['   d / e proxy core busy', (r) => `${fmt.pct(r.sat?.proxyBusy)} / ${fmt.pct(r.big?.proxyBusy)}`],
@@ -579,13 +661,19 @@ function table(results) {
     ['   g proxy core / upstream+load core busy', (r) => `${fmt.pct(r.http?.proxyBusy)} / ${fmt.pct(r.http?.core1Busy)}`],
     ['   g upstream conns opened per 1,000 req', (r) => (r.http?.upstreamConnsPerReq == null ? '-' : (r.http.upstreamConnsPerReq * 1000).toFixed(1))],
     ['   g proxy CPU in kernel, latency p50 / p99', (r) => (r.http ? `${fmt.pct(r.http.proxySysShare)}, ${fmt.ms(r.http.p50Ms)} / ${fmt.ms(r.http.p99Ms)}` : '-')],
+    ['   g Redis CPU µs/req, Redis scripts per 1,000 req', (r) => storeCell(r.http, 1000)],
+    [`   h CPU µs/upgrade / p99 range over ${opts.reps} reps`, (r) => `${range(mm(r.hs, 'proxyUsPerMsg'), fmt.us)} / ${range(mm(r.hs, 'p99Ms'), fmt.ms)}`],
+    ['   h achieved upgrades/s, proxy core busy', (r) => (r.hs ? `${fmt.int(r.hs.upgradesPerS)}, ${fmt.pct(r.hs.proxyBusy)}` : '-')],
+    ['   h upstream+load core busy', (r) => fmt.pct(r.hs?.core1Busy)],
+    ['   h Redis CPU µs / Redis scripts per upgrade', (r) => storeCell(r.hs, 1)],
+    ['   h CPU other processes took: proxy core / load core', (r) => foreign(r.hs)],
   ];
   // Only the rows this run measured (c comes with a); a label names its rows first: "a.", "a / b ...".
   const ran = new Set([...opts.tests, ...(opts.tests.includes('a') ? ['c'] : [])]);
   const letters = (label) => {
     const out = [];
     for (const w of label.trim().split(' ')) {
-      if (/^[a-g]\.?$/.test(w)) out.push(w[0]);
+      if (/^[a-h]\.?$/.test(w)) out.push(w[0]);
       else if (w !== '/') break;
     }
     return out;
@@ -606,8 +694,12 @@ function warnings(results) {
       if (v && typeof v === 'object') {
         if (v.lost > 0) out.push(`${r.setup} ${k}: ${v.lost} message(s) never echoed`);
         if (v.achievedRate && v.achievedRate < v.offeredRate * 0.97) {
-          out.push(`${r.setup} ${k}: achieved ${Math.round(v.achievedRate)} msg/s < offered ${v.offeredRate}`);
+          out.push(`${r.setup} ${k}: achieved ${Math.round(v.achievedRate)} ${v.unit ?? 'msg/s'} < offered ${v.offeredRate}`);
         }
+        if (v.failed > 0) out.push(`${r.setup} ${k}: ${v.failed} upgrade(s) without a 101 (first: ${v.runs?.find((x) => x.firstFailure)?.firstFailure})`);
+        if (v.slowCloses > 0) out.push(`${r.setup} ${k}: ${v.slowCloses} connection(s) not ended by the server 5 s after the close frame`);
+        if (v.stuck > 0) out.push(`${r.setup} ${k}: ${v.stuck} connection(s) still open 10 s after the window`);
+        if (v.storeDowns > 0) out.push(`${r.setup} ${k}: the limit store went down ${v.storeDowns} time(s) during the runs (ws-guard log): figures partly without Redis`);
         if (v.notOk > 0) out.push(`${r.setup} ${k}: ${v.notOk} answer(s) not 200 (first: ${v.runs?.find((x) => x.firstNotOk)?.firstNotOk})`);
         if (v.upstreamConnsPerReq > 0.01) out.push(`${r.setup} ${k}: ${(v.upstreamConnsPerReq * 1000).toFixed(0)} new upstream connections per 1,000 requests (not kept alive)`);
         if (v.reconnects > 0) out.push(`${r.setup} ${k}: ${v.reconnects} keep-alive connection(s) closed and reopened`);
@@ -632,10 +724,17 @@ function machine() {
   } catch {
     // not installed
   }
+  let redis = '';
+  try {
+    redis = /v=(\S+)/.exec(execFileSync(opts.redis, ['--version'], { encoding: 'utf8' }))?.[1] ?? '?';
+  } catch {
+    // not installed: startRedis says so if a setup needs it
+  }
   const cpus = os.cpus();
   return {
     node: process.version,
     nginx: nginx.replace(/^nginx version: /, ''),
+    redis,
     cpus: `${cpus.length} x ${cpus[0]?.model ?? '?'}`,
     kernel: os.release(),
     ws: JSON.parse(readFileSync(path.join(ROOT, 'node_modules', 'ws', 'package.json'), 'utf8')).version,
@@ -668,9 +767,12 @@ async function main() {
     log('building: npx tsc -p tsconfig.build.json');
     execFileSync('npx', ['tsc', '-p', 'tsconfig.build.json'], { cwd: ROOT, stdio: 'inherit' });
   }
-  if (opts.setups.includes('ws-guard') || opts.setups.includes('policies')) {
+  if (opts.setups.some((s) => s === 'ws-guard' || s.startsWith('policies'))) {
     const stale = distStale();
     if (stale) log(`WARNING: ${stale}; run with --build (or npx tsc -p tsconfig.build.json) to measure the current code`);
+  }
+  if (opts.setups.includes('policies+redis') && !existsSync(opts.redis)) {
+    throw new Error(`policies+redis needs ${opts.redis} (Debian: apt-get install redis-server; or --redis PATH), or leave it out of --setups`);
   }
   if (os.cpus().length < 2) log('WARNING: fewer than 2 CPUs: the proxy and the load share a core; figures are not comparable');
   // Row f: the proxy holds two sockets per idle connection. Children raise their soft limit to the hard one.
@@ -682,7 +784,7 @@ async function main() {
   }
 
   const info = machine();
-  log(`node ${info.node}, nginx ${info.nginx}, ${info.cpus}; proxy on CPU ${opts['proxy-cpu']}, upstream+load on CPU ${opts['load-cpu']}`);
+  log(`node ${info.node}, nginx ${info.nginx}, redis ${info.redis || '-'}, ${info.cpus}; proxy on CPU ${opts['proxy-cpu']}, upstream+redis+load on CPU ${opts['load-cpu']}`);
   const t0 = Date.now();
   const bySetup = Object.fromEntries(opts.setups.map((setup) => [setup, { setup }]));
   await benchLoad(bySetup, RATE_TESTS, opts.upstream);
@@ -695,9 +797,11 @@ async function main() {
   const settings =
     `rate ${opts.rate} msg/s over ${opts.conns} conns; ${opts.warmup} s warm-up + ${opts.duration} s measured per test, ` +
     `median of ${opts.reps} interleaved rep(s); ` +
-    `proxy pinned to CPU ${opts['proxy-cpu']}, echo upstream + raw load generator to CPU ${opts['load-cpu']}; ` +
-    `upstream: ${opts.upstream === 'ws' ? `ws ${info.ws}` : 'raw'} for rows a-c/f, ${opts['sat-upstream'] === 'ws' ? `ws ${info.ws}` : 'raw'} for d/e, ` +
-    'node:http (30 B answers, keep-alive) for g';
+    `proxy pinned to CPU ${opts['proxy-cpu']}, echo upstream${opts.setups.includes('policies+redis') ? ` + redis-server ${info.redis}` : ''} + raw load generator to CPU ${opts['load-cpu']}; ` +
+    `upstream: ${opts.upstream === 'ws' ? `ws ${info.ws}` : 'raw'} for rows a-c/f/h, ${opts['sat-upstream'] === 'ws' ? `ws ${info.ws}` : 'raw'} for d/e, ` +
+    'node:http (30 B answers, keep-alive) for g' +
+    (opts.setups.includes('policies+redis') ? `; policies+redis store.batch ${opts['redis-batch'] || 'auto (default)'}` : '') +
+    (opts.tests.includes('h') ? `; row h: ${HS_LOAD}` : '');
   process.stdout.write(
     `\nws-guard bench — node ${info.node}, nginx ${info.nginx}, ${info.cpus}, Linux ${info.kernel}\n${settings}\n\n${table(results)}\n`,
   );
