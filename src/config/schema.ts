@@ -524,7 +524,7 @@ const store = z.strictObject({
    * Message tokens (limits.messages per: user|ip) a replica may use ahead of Redis, per user or address:
    * the overshoot bound is batch × replicas. `auto`: 100 ms of the rate (at least 1, at most the burst).
    */
-  batch: z.union([z.literal('auto'), positive.max(1_000_000_000)], { error: 'expected auto or a positive whole number' }).default('auto'),
+  batch: z.union([z.literal('auto'), positive.max(1_000_000_000, 'expected auto or a whole number up to 1000000000')], { error: 'expected auto or a positive whole number' }).default('auto'),
 });
 export type StoreConfig = z.output<typeof store>;
 
