@@ -49,7 +49,7 @@ const DEFAULTS = {
   'sat-upstream': 'raw', // echo upstream for rows d-e (the ws one saturates the shared core first)
   nginx: '/usr/sbin/nginx',
   redis: '/usr/bin/redis-server', // the limit store of the policies+redis setup
-  'redis-batch': 0, // store.batch of policies+redis; 0: ws-guard's default
+  'redis-batch': 0, // store.batch of policies+redis; 0: ws-guard's default (auto: 100 ms of the rate)
   json: '', // also write the raw results to this file
   build: false, // run `npx tsc -p tsconfig.build.json` first
   tests: 'a,b,c,d,e,f,g,h', // subset of rows to run (c comes with a)
@@ -95,8 +95,9 @@ Flags (defaults in brackets):
   --guard-env LIST      extra environment for ws-guard, KEY=VALUE[,KEY=VALUE...] [none]
   --nginx PATH          nginx binary [${DEFAULTS.nginx}]
   --redis PATH          redis-server binary for policies+redis [${DEFAULTS.redis}]
-  --redis-batch N       store.batch for policies+redis: messages per user passed before Redis confirms
-                        them; 0 = ws-guard's default [${DEFAULTS['redis-batch']}]
+  --redis-batch N       store.batch for policies+redis: message tokens per user a replica may use ahead of
+                        Redis (half leased in advance, half on credit); 0 = ws-guard's default, auto
+                        (100 ms of the rate, at most the burst) [${DEFAULTS['redis-batch']}]
   --tests LIST          rows to run, e.g. a,d,f or g (c is measured with a) [${DEFAULTS.tests}]
                         (g: plain HTTP GETs, 30 B answers, through each setup to bench/http-upstream.mjs;
                         req/s and proxy CPU µs per request;
@@ -319,7 +320,7 @@ const HTTP_POLICIES = ['  requests: { rate: 100000000/s, burst: 100000000, per: 
  * policies+redis: the policies over store.redis. Slots and handshake rates then live in Redis as they are;
  * the message rate is counted per user so that it is shared through Redis too (per connection stays local).
  * Every load connection has the same token, so all messages spend one user's tokens: the worst case for
- * the credit batches (one key, every message on it). In row g the request rate (per: user) is in Redis too.
+ * the leased batches (one key, every message on it). In row g the request rate (per: user) is in Redis too.
  */
 const REDIS_POLICIES = POLICIES.map((line) => (line.startsWith('  messages:') ? line.replace('onExceed', 'per: user, onExceed') : line));
 const redisStore = (port) => ['store:', `  redis: redis://127.0.0.1:${port}/0`, ...(opts['redis-batch'] ? [`  batch: ${opts['redis-batch']}`] : [])];
@@ -611,7 +612,9 @@ const fmt = {
 /** Redis's CPU per unit of work and the scripts ws-guard ran in it per `per` units, for setups with a store. */
 function storeCell(v, per) {
   if (v?.storeUsPerMsg == null) return '-';
-  const scripts = v.storeScriptsPerMsg == null ? '-' : (v.storeScriptsPerMsg * per).toFixed(per === 1 ? 2 : 0);
+  const n = v.storeScriptsPerMsg * per;
+  // Leased message tokens leave a script or so per window: whole numbers would show it as 0.
+  const scripts = v.storeScriptsPerMsg == null ? '-' : n.toFixed(per === 1 || n < 10 ? 2 : 0);
   return `${fmt.us(v.storeUsPerMsg)} / ${scripts}`;
 }
 
