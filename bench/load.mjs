@@ -903,7 +903,85 @@ async function handshakeMode() {
   };
 }
 
-const modes = { rate: rateMode, pipe: pipeMode, idle: idleMode, http: httpMode, handshake: handshakeMode };
+/**
+ * Row i, a reconnect storm: `conns` clients (5,000 by default) start their upgrade at the same moment, as
+ * after a deploy or a network blip, each with the same prebuilt request (and token, where the setup has
+ * auth), and keep the connection. Measured from the first connect to the last answer: upgrades per second,
+ * failures by reason (no 101 within 30 s, refused, reset), latency, and the proxy's CPU per upgrade.
+ */
+async function stormMode() {
+  const { port, conns: n } = opts;
+  const request = Buffer.from(
+    `GET /bench HTTP/1.1\r\nHost: ${HOST}:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+      `Sec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n` +
+      (opts.authorization ? `Authorization: Bearer ${opts.authorization}\r\n` : '') +
+      '\r\n',
+    'latin1',
+  );
+  const lat = new Float64Array(n);
+  let ok = 0;
+  let pending = n;
+  const failures = {};
+  const sockets = [];
+  let allDone;
+  const finished = new Promise((resolve) => (allDone = resolve));
+  const a = snapshot();
+  const t0 = performance.now();
+  let tEnd = t0;
+  for (let i = 0; i < n; i++) {
+    const started = performance.now();
+    const socket = net.connect({ host: HOST, port, noDelay: true });
+    sockets.push(socket);
+    let head = '';
+    let done = false;
+    const finish = (failure) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      if (failure) {
+        failures[failure] = (failures[failure] ?? 0) + 1;
+        socket.destroy();
+      }
+      tEnd = performance.now();
+      if (--pending === 0) allDone();
+    };
+    const timer = setTimeout(() => finish('no 101 within 30 s'), 30_000);
+    socket.once('connect', () => socket.write(request));
+    socket.on('error', (err) => finish(err.code ?? err.message));
+    socket.on('close', () => finish('closed before the 101'));
+    socket.on('data', (chunk) => {
+      if (done) return;
+      head += chunk.latin1Slice(0, chunk.length);
+      const end = head.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      const status = head.slice(0, head.indexOf('\r\n'));
+      if (!/^HTTP\/1\.1 101 /.test(status)) return finish(status);
+      lat[ok++] = performance.now() - started;
+      finish();
+    });
+  }
+  await finished;
+  const b = snapshot();
+  b.t = tEnd;
+  for (const socket of sockets) socket.destroy();
+  await sleep(500);
+  const sorted = lat.slice(0, ok).sort();
+  const failed = Object.values(failures).reduce((x, y) => x + y, 0);
+  return {
+    ...cpuReport(a, b, ok),
+    upgradesPerS: ok / ((tEnd - t0) / 1000),
+    unit: 'upgrades/s',
+    conns: n,
+    failed,
+    failures,
+    seconds: (tEnd - t0) / 1000,
+    p50Ms: percentile(sorted, 50),
+    p99Ms: percentile(sorted, 99),
+    maxMs: sorted[sorted.length - 1],
+  };
+}
+
+const modes = { rate: rateMode, pipe: pipeMode, idle: idleMode, http: httpMode, handshake: handshakeMode, storm: stormMode };
 modes[opts.mode]()
   .then((result) => {
     process.stdout.write(`${JSON.stringify(result)}\n`, () => process.exit(0));

@@ -40,6 +40,7 @@ const DEFAULTS = {
   'http-rate': 0, // offered req/s for row g; 0: saturation (each answer is followed at once by the next request)
   'hs-rate': 200, // offered upgrades/s for row h; 0: closed loop (--hs-conns connections at all times)
   'hs-conns': 200, // row h: connections alive at most (fixed rate) or at all times (closed loop)
+  'storm-conns': 5000, // row i: clients that start their upgrade at the same moment
   'proxy-cpu': '0',
   'load-cpu': '1',
   guard: 'bin/ws-guard.js', // the ws-guard entry to run (another build can be compared with --guard)
@@ -52,7 +53,7 @@ const DEFAULTS = {
   'redis-batch': 0, // store.batch of policies+redis; 0: ws-guard's default (auto: 100 ms of the rate)
   json: '', // also write the raw results to this file
   build: false, // run `npx tsc -p tsconfig.build.json` first
-  tests: 'a,b,c,d,e,f,g,h', // subset of rows to run (c comes with a)
+  tests: 'a,b,c,d,e,f,g,h,i', // subset of rows to run (c comes with a)
   quick: false,
 };
 const SETUPS = ['direct', 'ws-guard', 'policies', 'policies+redis', 'nginx'];
@@ -86,6 +87,7 @@ Flags (defaults in brackets):
   --http-rate N         offered req/s for row g; 0 = saturation [${DEFAULTS['http-rate']}]
   --hs-rate N           offered upgrades/s for row h; 0 = closed loop [${DEFAULTS['hs-rate']}]
   --hs-conns N          row h: connections alive at most (fixed rate) / at all times (closed loop) [${DEFAULTS['hs-conns']}]
+  --storm-conns N       row i (reconnect storm): clients upgrading at the same moment [${DEFAULTS['storm-conns']}]
   --proxy-cpu LIST      taskset CPU list for the proxy [${DEFAULTS['proxy-cpu']}]
   --load-cpu LIST       taskset CPU list for upstream + redis-server + load generator [${DEFAULTS['load-cpu']}]
   --upstream ws|raw     echo upstream for rows a-c, f [${DEFAULTS.upstream}]
@@ -140,7 +142,7 @@ function parseArgs(argv) {
   for (const s of opts.setups) if (!SETUPS.includes(s)) throw new Error(`unknown setup ${s}`);
   for (const k of ['upstream', 'sat-upstream']) if (!['ws', 'raw'].includes(opts[k])) throw new Error(`--${k} must be ws or raw`);
   opts.tests = String(opts.tests).split(',').map((s) => s.trim()).filter(Boolean);
-  for (const t of opts.tests) if (!['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h'].includes(t)) throw new Error(`unknown row ${t}`);
+  for (const t of opts.tests) if (!['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i'].includes(t)) throw new Error(`unknown row ${t}`);
   return opts;
 }
 
@@ -561,6 +563,7 @@ const RATE_TESTS = [
   ['small', ['a', 'c'], `a/c fixed rate ${opts.rate} msg/s, ${opts['small-size']} B`, { mode: 'rate', size: opts['small-size'], rate: opts.rate, conns: opts.conns }],
   ['mid', ['b'], `b fixed rate ${opts.rate} msg/s, ${opts['mid-size']} B`, { mode: 'rate', size: opts['mid-size'], rate: opts.rate, conns: opts.conns }],
   ['hs', ['h'], `h upgrades, ${HS_LOAD}`, { mode: 'handshake', rate: opts['hs-rate'], conns: opts['hs-conns'] }],
+  ['storm', ['i'], `i reconnect storm, ${opts['storm-conns']} clients at once`, { mode: 'storm', conns: opts['storm-conns'] }],
 ];
 const HTTP_TESTS = [
   [
@@ -642,6 +645,8 @@ function table(results) {
     ],
     [`h. upgrade latency p50 / p99, ${hsLoad}`, (r) => `${fmt.ms(r.hs?.p50Ms)} / ${fmt.ms(r.hs?.p99Ms)}`],
     [`h. proxy CPU µs per upgrade, ${hsLoad}`, (r) => fmt.us(r.hs?.proxyUsPerMsg)],
+    [`i. reconnect storm, ${fmt.int(opts['storm-conns'])} at once: upgrades/s, failures`, (r) => (r.storm ? `${fmt.int(r.storm.upgradesPerS)}, ${fmt.int(r.storm.failed)}` : '-')],
+    ['i. proxy CPU µs per upgrade in the storm', (r) => fmt.us(r.storm?.proxyUsPerMsg)],
   ];
   const range = (r, f) => (r ? `${f(r.min)}–${f(r.max)}` : '-');
   const mm = (v, key) => (v ? { min: v[`${key}Min`], max: v[`${key}Max`] } : null);
@@ -670,13 +675,15 @@ function table(results) {
     ['   h upstream+load core busy', (r) => fmt.pct(r.hs?.core1Busy)],
     ['   h Redis CPU µs / Redis scripts per upgrade', (r) => storeCell(r.hs, 1)],
     ['   h CPU other processes took: proxy core / load core', (r) => foreign(r.hs)],
+    ['   i latency p50 / p99 / max, seconds to the last answer', (r) => (r.storm ? `${fmt.ms(r.storm.p50Ms)} / ${fmt.ms(r.storm.p99Ms)} / ${fmt.ms(r.storm.maxMs)}, ${r.storm.seconds.toFixed(2)}` : '-')],
+    ['   i failures by reason (first rep)', (r) => (r.storm?.runs?.[0]?.failures ? Object.entries(r.storm.runs[0].failures).map(([k, v]) => `${k} ×${v}`).join('; ') || 'none' : '-')],
   ];
   // Only the rows this run measured (c comes with a); a label names its rows first: "a.", "a / b ...".
   const ran = new Set([...opts.tests, ...(opts.tests.includes('a') ? ['c'] : [])]);
   const letters = (label) => {
     const out = [];
     for (const w of label.trim().split(' ')) {
-      if (/^[a-h]\.?$/.test(w)) out.push(w[0]);
+      if (/^[a-i]\.?$/.test(w)) out.push(w[0]);
       else if (w !== '/') break;
     }
     return out;
