@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { FrameInspector, MESSAGE_OK, MESSAGE_REFUSE, type InspectorOptions } from './inspector.js';
+import { FORWARD, FrameInspector, MEASURE, MESSAGE_OK, MESSAGE_REFUSE, STOP, WAIT, type InspectorOptions, type Verdict } from './inspector.js';
 
 const hex = (text: string) => Buffer.from(text.replace(/\s+/g, ''), 'hex');
 
@@ -24,22 +24,30 @@ function masked(b0: number, payload: Buffer | string): Buffer {
 
 interface Outcome {
   forwarded: Buffer;
+  /** The verdict of the last chunk. */
+  verdict: Verdict;
   error: string | null;
   closeSeen: boolean;
   closeCode: number;
   messages: number;
 }
 
+/** Feeds one chunk and appends what goes on to `out`: the released header bytes, then the accepted ones. */
+function feed(inspector: FrameInspector, chunk: Buffer, out: Buffer[]): Verdict {
+  const verdict = inspector.feed(chunk);
+  if (inspector.released) out.push(inspector.released);
+  out.push(chunk.subarray(0, inspector.accepted));
+  return verdict;
+}
+
 function run(options: InspectorOptions, chunks: Buffer[]): Outcome {
   const inspector = new FrameInspector(options);
   const out: Buffer[] = [];
-  for (const chunk of chunks) {
-    const n = inspector.feed(chunk);
-    if (inspector.released) out.push(inspector.released);
-    out.push(chunk.subarray(0, n));
-  }
+  let verdict: Verdict = FORWARD;
+  for (const chunk of chunks) verdict = feed(inspector, chunk, out);
   return {
     forwarded: Buffer.concat(out),
+    verdict,
     error: inspector.error,
     closeSeen: inspector.closeSeen,
     closeCode: inspector.closeCode,
@@ -60,6 +68,7 @@ function expectEverySplit(options: InspectorOptions, stream: Buffer, expected: P
     const outcome = run(options, chunks);
     expect(outcome.forwarded.equals(expected.forwarded), `${how}: forwarded bytes`).toBe(true);
     expect(outcome.error, `${how}: error`).toBe(expected.error ?? null);
+    if (expected.verdict !== undefined) expect(outcome.verdict, `${how}: verdict`).toBe(expected.verdict);
     if (expected.closeSeen !== undefined) expect(outcome.closeSeen, how).toBe(expected.closeSeen);
     if (expected.closeCode !== undefined) expect(outcome.closeCode, how).toBe(expected.closeCode);
     if (expected.messages !== undefined) expect(outcome.messages, how).toBe(expected.messages);
@@ -91,10 +100,30 @@ describe('FrameInspector: valid streams are forwarded untouched', () => {
     expectEverySplit(SERVER, stream, { forwarded: stream, messages: 2 });
   });
 
-  it('forwards the chunks it was given: a whole chunk yields n = length and nothing released', () => {
+  it('forwards the chunks it was given: a whole chunk is FORWARD with everything accepted and nothing released', () => {
     const inspector = new FrameInspector(SERVER);
-    expect(inspector.feed(BINARY_64K)).toBe(BINARY_64K.length);
+    expect(inspector.feed(BINARY_64K)).toBe(FORWARD);
+    expect(inspector.accepted).toBe(BINARY_64K.length);
     expect(inspector.released).toBeNull();
+  });
+
+  it('holds a header that straddles chunks, part by part, and releases it in front of the chunk that completes it', () => {
+    // A masked frame with a 16-bit length (2 fixed bytes, 2 length bytes, 4 mask bytes) and a server frame
+    // with a 64-bit one (2 fixed bytes, 8 length bytes).
+    const cases: [InspectorOptions, Buffer, number][] = [
+      [CLIENT, Buffer.concat([hex('82 fe 007e 00000000'), Buffer.alloc(126, 1)]), 8],
+      [SERVER, BINARY_64K, 10],
+    ];
+    for (const [options, frame, headerLength] of cases) for (let cut = 1; cut < headerLength; cut++) {
+      const inspector = new FrameInspector(options);
+      expect(inspector.feed(frame.subarray(0, cut)), `cut at ${cut}`).toBe(FORWARD);
+      expect(inspector.accepted, `cut at ${cut}`).toBe(0);
+      expect(inspector.atBoundary, `cut at ${cut}`).toBe(true);
+      const rest = frame.subarray(cut);
+      expect(inspector.feed(rest), `cut at ${cut}`).toBe(FORWARD);
+      expect(inspector.released?.equals(frame.subarray(0, cut)), `cut at ${cut}`).toBe(true);
+      expect(inspector.accepted, `cut at ${cut}`).toBe(rest.length);
+    }
   });
 });
 
@@ -106,6 +135,7 @@ describe('FrameInspector: close frames', () => {
       forwarded: Buffer.concat([MASKED_HELLO, close]),
       closeSeen: true,
       closeCode: 4000,
+      verdict: STOP,
     });
   });
 
@@ -138,7 +168,7 @@ describe('FrameInspector: violations close with 1002 and nothing from the bad fr
     it(name, () => {
       const good = options.masked ? MASKED_HELLO : HELLO;
       const stream = Buffer.concat([good, bad, good]);
-      expectEverySplit(options, stream, { forwarded: good, error: code });
+      expectEverySplit(options, stream, { forwarded: good, error: code, verdict: STOP });
     });
   }
 
@@ -161,32 +191,39 @@ describe('FrameInspector: violations close with 1002 and nothing from the bad fr
 
   it('stays stopped: later chunks forward nothing', () => {
     const inspector = new FrameInspector(CLIENT);
-    expect(inspector.feed(HELLO)).toBe(0);
+    expect(inspector.feed(HELLO)).toBe(STOP);
+    expect(inspector.accepted).toBe(0);
     expect(inspector.stopped).toBe(true);
-    expect(inspector.feed(MASKED_HELLO)).toBe(0);
+    expect(inspector.feed(MASKED_HELLO)).toBe(STOP);
+    expect(inspector.accepted).toBe(0);
   });
 });
 
 describe('FrameInspector: stopping at a frame boundary', () => {
   it('stops at once between frames, discarding a held partial header', () => {
     const inspector = new FrameInspector(SERVER);
-    expect(inspector.feed(Buffer.concat([HELLO, HELLO.subarray(0, 1)]))).toBe(HELLO.length);
+    expect(inspector.feed(Buffer.concat([HELLO, HELLO.subarray(0, 1)]))).toBe(FORWARD);
+    expect(inspector.accepted).toBe(HELLO.length);
     expect(inspector.atBoundary).toBe(true);
     inspector.stopAtBoundary();
     expect(inspector.stopped).toBe(true);
-    expect(inspector.feed(HELLO.subarray(1))).toBe(0);
+    expect(inspector.feed(HELLO.subarray(1))).toBe(STOP);
+    expect(inspector.accepted).toBe(0);
     expect(inspector.released).toBeNull();
   });
 
   it('finishes the frame in flight, then stops', () => {
     const inspector = new FrameInspector(SERVER);
-    expect(inspector.feed(BINARY_256.subarray(0, 100))).toBe(100);
+    expect(inspector.feed(BINARY_256.subarray(0, 100))).toBe(FORWARD);
+    expect(inspector.accepted).toBe(100);
     expect(inspector.atBoundary).toBe(false);
     inspector.stopAtBoundary();
     expect(inspector.stopped).toBe(false);
     const rest = Buffer.concat([BINARY_256.subarray(100), HELLO]);
-    expect(inspector.feed(rest)).toBe(BINARY_256.length - 100);
+    expect(inspector.feed(rest)).toBe(STOP);
+    expect(inspector.accepted).toBe(BINARY_256.length - 100);
     expect(inspector.stopped).toBe(true);
+    expect(inspector.error).toBeNull();
   });
 });
 
@@ -200,11 +237,7 @@ describe('FrameInspector: message limits, checked from the header before anythin
       allowed = 2;
       const inspector = new FrameInspector({ ...CLIENT, limits });
       const out: Buffer[] = [];
-      for (const chunk of chunks) {
-        const n = inspector.feed(chunk);
-        if (inspector.released) out.push(inspector.released);
-        out.push(chunk.subarray(0, n));
-      }
+      for (const chunk of chunks) feed(inspector, chunk, out);
       expect(inspector.error, how).toBe('MESSAGE_RATE');
       expect(Buffer.concat(out).equals(three.subarray(0, three.length - masked(0x81, 'three').length)), how).toBe(true);
     }
@@ -220,16 +253,12 @@ describe('FrameInspector: message limits, checked from the header before anythin
       const out: Buffer[] = [];
       let waits = 0;
       for (let chunk of chunks) {
-        for (;;) {
-          const n = inspector.feed(chunk);
-          if (inspector.released) out.push(inspector.released);
-          out.push(chunk.subarray(0, n));
-          if (inspector.waitMs === 0) break;
+        while (feed(inspector, chunk, out) === WAIT) {
           expect(inspector.waitMs).toBe(25);
-          inspector.waitMs = 0;
+          expect(inspector.atBoundary).toBe(true);
           waits++;
           tokens = 1;
-          chunk = chunk.subarray(n);
+          chunk = chunk.subarray(inspector.accepted);
         }
       }
       expect(Buffer.concat(out).equals(three), how).toBe(true);
@@ -289,14 +318,55 @@ describe('FrameInspector: stopBeforeClose', () => {
       const inspector = new FrameInspector(SERVER);
       inspector.stopBeforeClose();
       const out: Buffer[] = [];
-      for (const chunk of chunks) {
-        const n = inspector.feed(chunk);
-        if (inspector.released) out.push(inspector.released);
-        out.push(chunk.subarray(0, n));
-      }
+      let verdict: Verdict = FORWARD;
+      for (const chunk of chunks) verdict = feed(inspector, chunk, out);
+      expect(verdict, how).toBe(STOP);
       expect(Buffer.concat(out).equals(before), how).toBe(true);
       expect({ stopped: inspector.stopped, error: inspector.error, closeSeen: inspector.closeSeen, atBoundary: inspector.atBoundary }, how)
         .toEqual({ stopped: true, error: null, closeSeen: false, atBoundary: true });
+    }
+  });
+});
+
+describe('FrameInspector: compressed messages measured before they go on', () => {
+  it('marks each compressed message with gateFrom and ends it with MEASURE, however the stream is split', () => {
+    const first = [masked(0x41, 'abc'), masked(0x89, 'p'), masked(0x80, 'de')];
+    const second = masked(0xc1, 'x');
+    const stream = Buffer.concat([MASKED_HELLO, ...first, MASKED_HELLO, second]);
+    for (const [how, chunks] of splits(stream)) {
+      const payloads: Buffer[] = [];
+      const limits = { maxMessageBytes: 100, maxFragments: Infinity, onMessageStart: null, onControlFrame: null, onCompressedPayload: (p: Buffer) => payloads.push(p) };
+      const inspector = new FrameInspector({ masked: true, compressed: true, limits });
+      const forwarded: Buffer[] = [];
+      let gate: Buffer[] = [];
+      const measured: Buffer[] = [];
+      for (let chunk of chunks) {
+        for (;;) {
+          const verdict = inspector.feed(chunk);
+          const n = inspector.accepted;
+          const from = inspector.gateFrom;
+          const released = inspector.released;
+          if (from < 0) {
+            if (released) forwarded.push(released);
+            forwarded.push(chunk.subarray(0, n));
+          } else {
+            if (released) (from === 0 ? gate : forwarded).push(released);
+            forwarded.push(chunk.subarray(0, from));
+            gate.push(chunk.subarray(from, n));
+          }
+          if (verdict !== MEASURE) break;
+          expect(inspector.atBoundary, how).toBe(true);
+          measured.push(Buffer.concat(gate));
+          gate = [];
+          chunk = chunk.subarray(n);
+          if (chunk.length === 0) break;
+        }
+      }
+      expect(Buffer.concat(forwarded).equals(Buffer.concat([MASKED_HELLO, MASKED_HELLO])), how).toBe(true);
+      expect(measured.map((m) => m.toString('hex')), how).toEqual([Buffer.concat(first).toString('hex'), second.toString('hex')]);
+      // Only data payloads are inflated, never the ping inside the message.
+      expect(Buffer.concat(payloads).toString(), how).toBe('abcdex');
+      expect(inspector.messages, how).toBe(4);
     }
   });
 });

@@ -8,12 +8,44 @@ export const OP_CLOSE = 0x8;
 export const OP_PING = 0x9;
 export const OP_PONG = 0xa;
 
-const S_HEADER = 0;
-const S_PAYLOAD = 1;
-/** A close frame went through: RFC 6455 §5.5.1 forbids anything after it, so the rest is dropped. */
-const S_CLOSED = 2;
+/**
+ * The inspector's states (RFC 6455 §5.2), named as in `ws`'s Receiver. A header that arrives whole in one
+ * chunk is read at once (HEADER → PAYLOAD); one that straddles chunks is collected through the states of
+ * its parts, and read when the last part is in.
+ */
+/** Between frames, or the first of a header's two fixed bytes held (FIN, RSV1-3, opcode; MASK, length). */
+const HEADER = 0;
+/** Collecting the 16-bit extended payload length. */
+const LENGTH_16 = 1;
+/** Collecting the 64-bit extended payload length. */
+const LENGTH_64 = 2;
+/** Collecting the masking key (client frames, §5.3). */
+const MASK_KEY = 3;
+/** Inside the payload of an accepted frame: forwarded as it comes. */
+const PAYLOAD = 4;
+/** In front of a data message that waits for its rate token (verdict WAIT): the next `feed` asks again. */
+const THROTTLED = 5;
+/** Right after a compressed message handed out to be measured (verdict MEASURE): the next `feed` reads on. */
+const MEASURING = 6;
+/** A close frame went through: §5.5.1 forbids anything after it, so the rest is dropped. */
+const CLOSED = 7;
 /** A violation or a stop: nothing more is forwarded in this direction. */
-const S_STOPPED = 3;
+const STOPPED = 8;
+
+/**
+ * What `feed` says of a chunk. Whatever the verdict, the first `accepted` bytes of the chunk go on, after
+ * the held header bytes in `released` (and from `gateFrom` on, into the compressed-message gate instead);
+ * the verdict says what becomes of the rest.
+ */
+/** Read on: the rest of the chunk, if any, is the start of a header that the inspector holds. */
+export const FORWARD = 0;
+/** A data message waits `waitMs` for its rate token (`onExceed: throttle`): feed the rest again then. */
+export const WAIT = 1;
+/** A measured compressed message ends at `accepted`: hold it until it is measured, then feed the rest again. */
+export const MEASURE = 2;
+/** Nothing more goes on in this direction: an `error`, a close frame (`closeSeen`), or a stop the guard asked for. */
+export const STOP = 3;
+export type Verdict = typeof FORWARD | typeof WAIT | typeof MEASURE | typeof STOP;
 
 /** 2^53: lengths at or above it cannot be held exactly in a JS number; no real message is that big. */
 const MAX_SAFE_HIGH_WORD = 0x200000;
@@ -29,8 +61,8 @@ export interface MessageLimits {
   maxFragments: number;
   /**
    * Asked once per data message, when its first frame header is complete and before any of it is
-   * forwarded: MESSAGE_OK, MESSAGE_REFUSE, or a wait in ms (throttle: the inspector stops in front of the
-   * frame and the caller feeds the rest again later). Synchronous and allocation-free by contract.
+   * forwarded: MESSAGE_OK, MESSAGE_REFUSE, or a wait in ms (throttle: `feed` stops in front of the frame
+   * with WAIT, and the caller feeds the rest again later). Synchronous and allocation-free by contract.
    */
   onMessageStart: (() => number) | null;
   /**
@@ -41,8 +73,8 @@ export interface MessageLimits {
   onControlFrame: (() => boolean) | null;
   /**
    * Set when compressed messages must be measured inflated: receives the unmasked payload of every
-   * compressed message (a copy, on this path only), which `feed` marks with `gateFrom` and ends with
-   * `suspended`, so the caller can hold the message until its inflated size is known.
+   * compressed message (a copy, on this path only), which `feed` marks with `gateFrom` and ends with the
+   * verdict MEASURE, so the caller can hold the message until its inflated size is known.
    */
   onCompressedPayload: ((payload: Buffer) => void) | null;
 }
@@ -71,52 +103,51 @@ export function compressedAllowance(limit: number): number {
 /**
  * A pure state machine over the bytes of one direction of a WebSocket connection (RFC 6455 §5.2).
  *
- * It reads frame headers only and never copies payloads: `feed(chunk)` returns how many bytes at the
- * start of `chunk` may be forwarded as they are. A header split across chunks is held back (at most 14
- * bytes) until it is complete and valid, so a refused frame never reaches the other side and a frame the
- * guard inserts (a close) always lands on a frame boundary. The verdict is the same however the stream
- * is split.
+ * It reads frame headers only and never copies payloads: `feed(chunk)` returns a verdict, and `accepted`
+ * says how many bytes at the start of `chunk` go on as they are. A header split across chunks is held back
+ * (at most 14 bytes) until it is complete and valid, so a refused frame never reaches the other side and a
+ * frame the guard inserts (a close) always lands on a frame boundary. The verdict is the same however the
+ * stream is split. Nothing is allocated per chunk: the verdict is a number, its details are read from the
+ * getters below until the next `feed`.
  */
 export class FrameInspector {
-  /** Held header bytes that were completed by the last chunk: write them before that chunk's bytes. */
-  released: Buffer | null = null;
-  /** Why the stream was refused; set together with the stop. */
-  error: CloseReason | null = null;
-  errorDetail = '';
-  /** A complete close frame went through. */
-  closeSeen = false;
-  /** The status code of that close frame, 1005 when it had none (RFC 6455 §7.1.5). */
-  closeCode = 1005;
-  /** After `feed` stopped in front of a message to throttle it: ms to wait before feeding the rest. */
-  waitMs = 0;
-  /** Where in the last chunk a measured compressed message began (0: it began earlier), -1 when none. */
-  gateFrom = -1;
-  /** `feed` stopped right after the last frame of a measured compressed message. */
-  suspended = false;
-  /** Data messages started, data frames, and bytes accepted, for accounting and the idle timeout. */
-  messages = 0;
-  dataFrames = 0;
-  bytes = 0;
-
   private readonly masked: boolean;
   private readonly compressed: boolean;
   private readonly limits: MessageLimits;
+  private state = HEADER;
+
+  /** The details of the last verdict (see the getters of the same names). */
+  private acceptedBytes = 0;
+  private releasedHeader: Buffer | null = null;
+  private gateStart = -1;
+  private wait = 0;
+  private failure: CloseReason | null = null;
+  private failureDetail = '';
+  private sawClose = false;
+  private closeStatus = 1005;
+  /** Counters for accounting and the idle timeout. */
+  private messageCount = 0;
+  private dataFrameCount = 0;
+  private byteCount = 0;
+
   /** The current message: payload bytes so far, fragments so far, and whether it is compressed. */
   private messageBytes = 0;
   private fragments = 0;
   private messageCompressed = false;
-  /** Inside a measured compressed message; where the current frame began in the chunk; its FIN bit. */
+  /** A fragmented data message is open: only continuations (and control frames) may follow (§5.4). */
+  private inMessage = false;
+  /** Inside a compressed message that is measured before it may go on (`gateFrom` … MEASURE). */
   private gating = false;
+  /** The current frame: where it began in the chunk, its FIN bit, opcode, and payload bytes still to come. */
   private frameAt = 0;
   private fin = false;
-  private state = S_HEADER;
+  private opcode = 0;
+  private remaining = 0;
   /** Allocated on the first header that straddles chunks; most connections never need it. */
   private header: Buffer | null = null;
   private headerLength = 0;
-  private remaining = 0;
-  private opcode = 0;
-  private inMessage = false;
-  private stopPending = false;
+  /** `stopAtBoundary` came inside a frame: stop when it ends. */
+  private stopAtFrameEnd = false;
   /** Stop in front of the next close frame instead of forwarding it (`stopBeforeClose`). */
   private closeStops = false;
   /** Masking key of the current frame and how far into its payload we are, to read a close code. */
@@ -132,14 +163,66 @@ export class FrameInspector {
     this.limits = options.limits ?? NO_LIMITS;
   }
 
+  /** Bytes at the start of the last chunk that go on (into the gate from `gateFrom`). */
+  get accepted(): number {
+    return this.acceptedBytes;
+  }
+
+  /** Held header bytes that the last chunk completed: they go on in front of that chunk's bytes. */
+  get released(): Buffer | null {
+    return this.releasedHeader;
+  }
+
+  /** Where in the last chunk the bytes of a measured compressed message begin (0: it began earlier), -1 when none. */
+  get gateFrom(): number {
+    return this.gateStart;
+  }
+
+  /** After WAIT: ms until the message's rate token is due. */
+  get waitMs(): number {
+    return this.wait;
+  }
+
+  /** Why the stream was refused (set with STOP), or null. */
+  get error(): CloseReason | null {
+    return this.failure;
+  }
+
+  get errorDetail(): string {
+    return this.failureDetail;
+  }
+
+  /** A complete close frame went through. */
+  get closeSeen(): boolean {
+    return this.sawClose;
+  }
+
+  /** The status code of that close frame, 1005 when it had none (RFC 6455 §7.1.5). */
+  get closeCode(): number {
+    return this.closeStatus;
+  }
+
+  /** Data messages started, data frames, and bytes accepted. */
+  get messages(): number {
+    return this.messageCount;
+  }
+
+  get dataFrames(): number {
+    return this.dataFrameCount;
+  }
+
+  get bytes(): number {
+    return this.byteCount;
+  }
+
   /** No frame is half forwarded: a frame inserted now lands on a boundary. */
   get atBoundary(): boolean {
-    return this.state !== S_PAYLOAD;
+    return this.state !== PAYLOAD;
   }
 
   /** Nothing more will be forwarded in this direction (violation, close frame or requested stop). */
   get stopped(): boolean {
-    return this.state === S_STOPPED || this.state === S_CLOSED;
+    return this.state === STOPPED || this.state === CLOSED;
   }
 
   /**
@@ -147,13 +230,13 @@ export class FrameInspector {
    * has been forwarded whole. `stopped` tells which.
    */
   stopAtBoundary(): void {
-    if (this.state === S_HEADER) this.state = S_STOPPED;
-    else if (this.state === S_PAYLOAD) this.stopPending = true;
+    if (this.state === PAYLOAD) this.stopAtFrameEnd = true;
+    else if (this.state !== CLOSED) this.state = STOPPED;
   }
 
   /**
-   * Keeps forwarding, but stops in front of the next close frame: it is not forwarded and `stopped`
-   * becomes true with no error, so the caller can send a close of its own in its place.
+   * Keeps forwarding, but stops in front of the next close frame: it is not forwarded and the verdict is
+   * STOP with no error, so the caller can send a close of its own in its place.
    */
   stopBeforeClose(): void {
     this.closeStops = true;
@@ -161,72 +244,100 @@ export class FrameInspector {
 
   /** Ends forwarding now, even inside a frame: for when the rest of that frame was never forwarded. */
   stopNow(): void {
-    this.state = S_STOPPED;
+    this.state = STOPPED;
     this.gating = false;
   }
 
-  feed(chunk: Buffer): number {
-    this.released = null;
-    this.gateFrom = this.gating ? 0 : -1;
+  feed(chunk: Buffer): Verdict {
+    this.releasedHeader = null;
+    this.gateStart = this.gating ? 0 : -1;
+    // The session feeds again after WAIT (the token is due) and after MEASURE (the message went on).
+    if (this.state === THROTTLED || this.state === MEASURING) this.state = this.headerLength < 2 ? HEADER : partAt(this.headerLength, this.header![1]!);
     const length = chunk.length;
     let pos = 0;
     while (pos < length) {
       const state = this.state;
-      if (state === S_PAYLOAD) {
+      if (state === PAYLOAD) {
         const available = length - pos;
         const take = this.remaining < available ? this.remaining : available;
         if (this.opcode === OP_CLOSE) this.readCloseCode(chunk, pos, take);
         else if (this.gating && this.opcode < 0x8) this.passCompressed(chunk, pos, take);
         pos += take;
         this.remaining -= take;
-        this.bytes += take;
-        if (this.remaining === 0 && this.endFrame()) return pos;
+        this.byteCount += take;
+        if (this.remaining === 0) {
+          const verdict = this.endFrame();
+          if (verdict !== FORWARD) return this.verdict(pos, verdict);
+        }
         continue;
       }
-      if (state !== S_HEADER) return pos;
+      if (state > MASK_KEY) return this.verdict(pos, STOP);
+      // The common case: a whole header in this chunk is read in place.
       if (this.headerLength === 0 && length - pos >= 2) {
         const size = headerSize(chunk[pos + 1]!);
         if (length - pos >= size) {
           this.frameAt = pos;
-          if (!this.startFrame(chunk, pos)) return pos;
+          const verdict = this.startFrame(chunk, pos);
+          if (verdict !== FORWARD) return this.verdict(pos, verdict);
           pos += size;
-          this.bytes += size;
-          if (this.remaining === 0 && this.endFrame()) return pos;
+          this.byteCount += size;
+          if (this.remaining === 0) {
+            const end = this.endFrame();
+            if (end !== FORWARD) return this.verdict(pos, end);
+          }
           continue;
         }
       }
+      // The header straddles chunks: collect it; what was held from earlier chunks goes out in front of this one.
       const start = pos;
       const held = this.headerLength;
       const header = (this.header ??= Buffer.alloc(14));
       pos = this.collectHeader(header, chunk, pos);
-      const size = this.headerLength >= 2 ? headerSize(header[1]!) : 14;
-      if (this.headerLength < size) return start;
-      // The header straddled chunks: what was held from earlier chunks goes out in front of this one.
+      if (this.state !== HEADER || this.headerLength < 2) return this.verdict(start, FORWARD);
+      const size = this.headerLength;
       this.headerLength = 0;
       this.frameAt = start;
-      if (!this.startFrame(header, 0)) {
+      const verdict = this.startFrame(header, 0);
+      if (verdict !== FORWARD) {
         // A throttled frame is fed again later: its bytes from this chunk will be collected once more.
-        if (this.waitMs > 0) this.headerLength = held;
-        return start;
+        if (verdict === WAIT) this.headerLength = held;
+        return this.verdict(start, verdict);
       }
-      if (held > 0) this.released = Buffer.from(header.subarray(0, held));
-      this.bytes += size;
-      if (this.remaining === 0 && this.endFrame()) return pos;
+      if (held > 0) this.releasedHeader = Buffer.from(header.subarray(0, held));
+      this.byteCount += size;
+      if (this.remaining === 0) {
+        const end = this.endFrame();
+        if (end !== FORWARD) return this.verdict(pos, end);
+      }
     }
-    return pos;
+    return this.verdict(pos, FORWARD);
   }
 
+  private verdict(accepted: number, verdict: Verdict): Verdict {
+    this.acceptedBytes = accepted;
+    return verdict;
+  }
+
+  /**
+   * Collects a header that straddles chunks, part by part (§5.2), and returns where it stopped in `chunk`.
+   * The state is left at the part still missing, or at HEADER with `headerLength` bytes once it is whole.
+   */
   private collectHeader(header: Buffer, chunk: Buffer, pos: number): number {
     const length = chunk.length;
     while (pos < length) {
       header[this.headerLength++] = chunk[pos++]!;
-      if (this.headerLength >= 2 && this.headerLength >= headerSize(header[1]!)) break;
+      if (this.headerLength < 2) continue;
+      if (this.headerLength === headerSize(header[1]!)) {
+        this.state = HEADER;
+        break;
+      }
+      this.state = partAt(this.headerLength, header[1]!);
     }
     return pos;
   }
 
-  /** Validates a complete header at `buf[at]` and enters its payload; false when it was refused. */
-  private startFrame(buf: Buffer, at: number): boolean {
+  /** Validates a complete header at `buf[at]` and enters its payload; any other verdict than FORWARD refuses or defers it. */
+  private startFrame(buf: Buffer, at: number): Verdict {
     const b0 = buf[at]!;
     const b1 = buf[at + 1]!;
     const fin = (b0 & 0x80) !== 0;
@@ -280,25 +391,26 @@ export class FrameInspector {
     if (control) {
       if (opcode === OP_CLOSE) {
         if (this.closeStops) {
-          this.state = S_STOPPED;
+          this.state = STOPPED;
           this.headerLength = 0;
-          return false;
+          return STOP;
         }
       } else if (this.limits.onControlFrame !== null && !this.limits.onControlFrame()) {
         return this.fail('CONTROL_FRAME_RATE', 'control frame rate exceeded');
       }
     } else {
-      if (!this.checkMessage(opcode, payloadLength, (b0 & 0x40) !== 0)) return false;
-      if (opcode !== OP_CONTINUATION) this.messages++;
-      this.dataFrames++;
+      const verdict = this.checkMessage(opcode, payloadLength, (b0 & 0x40) !== 0);
+      if (verdict !== FORWARD) return verdict;
+      if (opcode !== OP_CONTINUATION) this.messageCount++;
+      this.dataFrameCount++;
       this.inMessage = !fin;
     }
     this.opcode = opcode;
     this.fin = fin;
     this.remaining = payloadLength;
     this.payloadOffset = 0;
-    this.state = S_PAYLOAD;
-    return true;
+    this.state = PAYLOAD;
+    return FORWARD;
   }
 
   /**
@@ -306,15 +418,16 @@ export class FrameInspector {
    * asks `onMessageStart`, every frame adds to the size and fragment count (RFC 6455 §5.4: a message is
    * the sum of its fragments).
    */
-  private checkMessage(opcode: number, payloadLength: number, rsv1: boolean): boolean {
+  private checkMessage(opcode: number, payloadLength: number, rsv1: boolean): Verdict {
     const limits = this.limits;
     if (opcode !== OP_CONTINUATION) {
       if (limits.onMessageStart !== null) {
-        const verdict = limits.onMessageStart();
-        if (verdict === MESSAGE_REFUSE) return this.fail('MESSAGE_RATE', 'message rate exceeded');
-        if (verdict > 0) {
-          this.waitMs = verdict;
-          return false;
+        const answer = limits.onMessageStart();
+        if (answer === MESSAGE_REFUSE) return this.fail('MESSAGE_RATE', 'message rate exceeded');
+        if (answer > 0) {
+          this.wait = answer;
+          this.state = THROTTLED;
+          return WAIT;
         }
       }
       this.messageBytes = 0;
@@ -322,35 +435,34 @@ export class FrameInspector {
       this.messageCompressed = rsv1;
       if (rsv1 && limits.onCompressedPayload !== null) {
         this.gating = true;
-        if (this.gateFrom < 0) this.gateFrom = this.frameAt;
+        if (this.gateStart < 0) this.gateStart = this.frameAt;
       }
     }
     this.messageBytes += payloadLength;
     if (++this.fragments > limits.maxFragments) return this.fail('TOO_MANY_FRAGMENTS', `more than ${limits.maxFragments} fragments`);
     const cap = this.messageCompressed ? compressedAllowance(limits.maxMessageBytes) : limits.maxMessageBytes;
     if (this.messageBytes > cap) return this.fail('MESSAGE_TOO_BIG', `message longer than ${limits.maxMessageBytes} bytes`);
-    return true;
+    return FORWARD;
   }
 
-  /** The current frame has been forwarded whole; true when forwarding in this direction ends here. */
-  private endFrame(): boolean {
+  /** The current frame has been forwarded whole: FORWARD to read on, or why this chunk ends here. */
+  private endFrame(): Verdict {
     if (this.gating && this.fin && this.opcode < 0x8) {
       this.gating = false;
-      this.suspended = true;
-      this.state = this.stopPending ? S_STOPPED : S_HEADER;
-      return true;
+      this.state = this.stopAtFrameEnd ? STOPPED : MEASURING;
+      return MEASURE;
     }
     if (this.opcode === OP_CLOSE) {
-      this.closeSeen = true;
-      this.state = S_CLOSED;
-      return true;
+      this.sawClose = true;
+      this.state = CLOSED;
+      return STOP;
     }
-    if (this.stopPending) {
-      this.state = S_STOPPED;
-      return true;
+    if (this.stopAtFrameEnd) {
+      this.state = STOPPED;
+      return STOP;
     }
-    this.state = S_HEADER;
-    return false;
+    this.state = HEADER;
+    return FORWARD;
   }
 
   /** Hands the unmasked payload of a compressed message to the inflated-size check. */
@@ -370,16 +482,16 @@ export class FrameInspector {
     for (let i = 0; i < take && this.payloadOffset < 2; i++, this.payloadOffset++) {
       let byte = chunk[pos + i]!;
       if (this.masked) byte ^= this.payloadOffset === 0 ? this.mask0 : this.mask1;
-      this.closeCode = this.payloadOffset === 0 ? byte << 8 : this.closeCode | byte;
+      this.closeStatus = this.payloadOffset === 0 ? byte << 8 : this.closeStatus | byte;
     }
   }
 
-  private fail(code: CloseReason, detail: string): false {
-    this.error = code;
-    this.errorDetail = detail;
-    this.state = S_STOPPED;
+  private fail(code: CloseReason, detail: string): Verdict {
+    this.failure = code;
+    this.failureDetail = detail;
+    this.state = STOPPED;
     this.headerLength = 0;
-    return false;
+    return STOP;
   }
 }
 
@@ -387,4 +499,12 @@ export class FrameInspector {
 function headerSize(b1: number): number {
   const length = b1 & 0x7f;
   return 2 + (length === 126 ? 2 : length === 127 ? 8 : 0) + (b1 & 0x80 ? 4 : 0);
+}
+
+/** The part of a header that its byte at `offset` (≥ 2) belongs to, given the header's second byte (§5.2). */
+function partAt(offset: number, b1: number): number {
+  const length = b1 & 0x7f;
+  if (length === 126 && offset < 4) return LENGTH_16;
+  if (length === 127 && offset < 10) return LENGTH_64;
+  return MASK_KEY;
 }

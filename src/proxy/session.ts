@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
 import { closeFrame } from '../frames/close.js';
 import { InflateCounter } from '../frames/inflate-counter.js';
-import { FrameInspector, compressedAllowance, type MessageLimits } from '../frames/inspector.js';
+import { FrameInspector, MEASURE, STOP, WAIT, compressedAllowance, type MessageLimits } from '../frames/inspector.js';
 import { ERRORS, type CloseReason } from '../errors.js';
 import type { HoldBudget } from '../limits/hold-budget.js';
 import type { SessionEnd } from '../events.js';
@@ -237,7 +237,8 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
   }
 
   private forward(chunk: Buffer, from: Socket, to: Socket, inspector: FrameInspector): void {
-    const n = inspector.feed(chunk);
+    const verdict = inspector.feed(chunk);
+    const n = inspector.accepted;
     let flushed = true;
     const gateFrom = inspector.gateFrom;
     if (gateFrom >= 0) {
@@ -257,10 +258,13 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
       if (to === this.upstream) this.upstreamFull = true;
       from.pause();
     }
-    if (inspector.waitMs > 0) this.throttle(chunk.subarray(n), inspector);
-    if (inspector.suspended) this.measure(chunk.subarray(n), inspector);
-    if (!inspector.stopped) return;
+    if (verdict === WAIT) this.throttle(chunk.subarray(n), inspector.waitMs);
+    else if (verdict === MEASURE) this.measure(chunk.subarray(n));
+    else if (verdict === STOP) this.onStop(inspector);
+  }
 
+  /** This direction forwards nothing more: a violation, a close frame, or the guard's own stop. */
+  private onStop(inspector: FrameInspector): void {
     if (inspector.error !== null) {
       const direction = inspector === this.c2u ? 'client' : 'upstream';
       this.close(inspector.error, `from the ${direction}: ${inspector.errorDetail}`);
@@ -275,9 +279,7 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
    * `onExceed: throttle`: the message waits for its token with the rest of the chunk held, and the client
    * is not read meanwhile, so it is slowed by TCP backpressure and nothing is lost.
    */
-  private throttle(rest: Buffer, inspector: FrameInspector): void {
-    const wait = inspector.waitMs;
-    inspector.waitMs = 0;
+  private throttle(rest: Buffer, wait: number): void {
     this.held = rest;
     this.client.pause();
     this.throttleTimer = setTimeout(() => {
@@ -326,8 +328,7 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
    * A compressed message is complete: it goes on only once inflated within `messageSize` (design.md §2),
    * so a deflate bomb never reaches the upstream. The client is not read meanwhile.
    */
-  private measure(rest: Buffer, inspector: FrameInspector): void {
-    inspector.suspended = false;
+  private measure(rest: Buffer): void {
     this.held = rest;
     this.client.pause();
     this.counter!.end().then((verdict) => {
