@@ -1,11 +1,12 @@
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
-import { closeFrame } from '../frames/close.js';
 import { InflateCounter } from '../frames/inflate-counter.js';
 import { FrameInspector, MEASURE, STOP, WAIT, compressedAllowance, type MessageLimits } from '../frames/inspector.js';
 import { ERRORS, type CloseReason } from '../errors.js';
 import type { HoldBudget } from '../limits/hold-budget.js';
 import type { SessionEnd } from '../events.js';
+import { systemClock, type Clock, type Timer } from './clock.js';
+import { ClosingHandshake } from './closing-handshake.js';
 
 export type { SessionEnd };
 
@@ -30,15 +31,14 @@ export interface SessionOptions {
   /** No data frame either way for this long closes with 1001 (checked four times per period). */
   idleTimeoutMs: number | undefined;
   maxLifetimeMs: number | undefined;
+  /** Time for the session's timers; tests pass a clock they move by hand. */
+  clock?: Clock;
 }
 
 /**
  * Closes for something wrong in the client's stream: the upstream's frames already on their way still
- * reach the client before the guard's close (`Session.flushToClient`).
+ * reach the client before the guard's close (`ClosingHandshake.flushToClient`).
  */
-/** How long the upstream may go on answering what it received before a client fault, before its close. */
-const SETTLE_MS = 100;
-
 const CLIENT_STREAM_FAULTS: ReadonlySet<CloseReason> = new Set<CloseReason>([
   'PROTOCOL_VIOLATION', 'MESSAGE_TOO_BIG', 'TOO_MANY_FRAGMENTS', 'INVALID_COMPRESSED', 'MESSAGE_RATE', 'CONTROL_FRAME_RATE',
 ]);
@@ -55,28 +55,20 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
   /** client → upstream and upstream → client. */
   private readonly c2u: FrameInspector;
   private readonly u2c: FrameInspector;
-  private readonly closeTimeoutMs: number;
-  private readonly startedAt = Date.now();
+  private readonly clock: Clock;
+  private readonly closing: ClosingHandshake;
+  private readonly startedAt: number;
   private closedBy: SessionEnd['closedBy'] | null = null;
   private reason: CloseReason | null = null;
   /** Why the guard closed, or the first socket error: for the audit line. */
   private detail: string | undefined;
   private guardCloseCode = 0;
-  /** A guard close frame still owed to that side, written once its direction reaches a frame boundary. */
-  private owesClient = false;
-  private owesUpstream = false;
-  private closeTimer: NodeJS.Timeout | null = null;
-  /** Bounds the wait for the upstream's close before the client gets the guard's (`flushToClient`). */
-  private flushTimer: NodeJS.Timeout | null = null;
-  /** The upstream's close waits a moment, so it can answer what it already received (`flushToClient`). */
-  private settleTimer: NodeJS.Timeout | null = null;
-  private settling = false;
-  private expiryTimer: NodeJS.Timeout | null = null;
-  private idleTimer: NodeJS.Timeout | null = null;
-  private lifetimeTimer: NodeJS.Timeout | null = null;
+  private expiryTimer: Timer | null = null;
+  private idleTimer: Timer | null = null;
+  private lifetimeTimer: Timer | null = null;
   /** Client bytes not yet inspected while a message waits for its rate (throttle). */
   private held: Buffer | null = null;
-  private throttleTimer: NodeJS.Timeout | null = null;
+  private throttleTimer: Timer | null = null;
   /** The upstream's socket buffer is full: the client stays paused until it drains. */
   private upstreamFull = false;
   /** Measures compressed client messages inflated, when a size limit is set on a compressed connection. */
@@ -100,7 +92,8 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
     this.id = options.id;
     this.client = options.client;
     this.upstream = options.upstream;
-    this.closeTimeoutMs = options.closeTimeoutMs;
+    this.clock = options.clock ?? systemClock;
+    this.startedAt = this.clock.now();
     this.budget = options.holdBudget;
     const limits = options.messageLimits;
     let onCompressedPayload: ((payload: Buffer) => void) | null = null;
@@ -117,6 +110,9 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
       limits: limits && { ...limits, onCompressedPayload },
     });
     this.u2c = new FrameInspector({ masked: false, compressed: options.compressed });
+    this.closing = new ClosingHandshake(
+      { client: this.client, upstream: this.upstream, c2u: this.c2u, u2c: this.u2c }, options.closeTimeoutMs, this.clock,
+    );
 
     for (const socket of [this.client, this.upstream]) {
       socket.setNoDelay(true);
@@ -140,7 +136,7 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
     if (options.expiresAt !== undefined) this.armExpiry(options.expiresAt);
     if (options.idleTimeoutMs !== undefined) this.armIdle(options.idleTimeoutMs);
     if (options.maxLifetimeMs !== undefined) {
-      this.lifetimeTimer = setTimeout(() => this.close('MAX_LIFETIME', 'maximum lifetime reached'), options.maxLifetimeMs);
+      this.lifetimeTimer = this.clock.setTimeout(() => this.close('MAX_LIFETIME', 'maximum lifetime reached'), options.maxLifetimeMs);
     }
     if (options.upstreamHead.length > 0) this.pass(options.upstreamHead, this.upstream, this.client, this.u2c);
     if (options.clientHead.length > 0) this.pass(options.clientHead, this.client, this.upstream, this.c2u);
@@ -158,6 +154,7 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
       this.closedBy = 'guard';
       this.reason = reason;
       this.guardCloseCode = code;
+      this.closing.closeWith(code, ERRORS[reason].message);
     }
     this.detail ??= detail;
     // A held compressed message never went out: the upstream is at a frame boundary where it began.
@@ -168,47 +165,7 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
     // No client message goes on after a guard close: the copies queued for inflating are dropped now,
     // not when the peers have finished closing (up to timeouts.close later).
     this.counter?.destroy();
-    // A side that already sent its own close frame gets none from the guard (RFC 6455 §5.5.1).
-    if (!this.c2u.closeSeen && !this.upstream.destroyed) {
-      this.c2u.stopAtBoundary();
-      this.owesUpstream = true;
-    }
-    if (!this.u2c.closeSeen && !this.client.destroyed && !this.owesClient) {
-      this.owesClient = true;
-      if (this.owesUpstream && CLIENT_STREAM_FAULTS.has(reason) && !this.u2c.stopped) this.flushToClient();
-      else this.u2c.stopAtBoundary();
-    }
-    this.payDebts(code, ERRORS[reason].message);
-    this.armCloseTimer();
-  }
-
-  /**
-   * The guard failed the client's stream: nothing more of it is forwarded, but the client keeps receiving
-   * what the upstream sends until the upstream answers the guard's close (the echo of a valid message in
-   * front of the bad frame, say), so nothing the client was owed is lost. The upstream gets its close after
-   * SETTLE_MS (at most a quarter of `timeouts.close`): an app that reads messages in one task and answers
-   * them in another (Python websockets) would otherwise see the close before it has sent its answer, and
-   * drop it. The upstream's own close frame is not relayed: the guard's close goes to the client in its
-   * place. A silent upstream is waited for half of `timeouts.close`; then the client's close goes out at
-   * the next frame boundary, and the close timer still ends everything within `timeouts.close`.
-   */
-  private flushToClient(): void {
-    this.u2c.stopBeforeClose();
-    this.settling = true;
-    this.settleTimer = setTimeout(() => {
-      this.settling = false;
-      this.payDebts(this.guardCloseCode, this.reason ? ERRORS[this.reason].message : '');
-    }, Math.min(SETTLE_MS, Math.floor(this.closeTimeoutMs / 4)));
-    this.settleTimer.unref();
-    this.flushTimer = setTimeout(() => this.releaseClientClose(), Math.floor(this.closeTimeoutMs / 2));
-    this.flushTimer.unref();
-  }
-
-  /** The upstream will send nothing more worth waiting for: the client's close goes out at the next boundary. */
-  private releaseClientClose(): void {
-    if (!this.owesClient) return;
-    this.u2c.stopAtBoundary();
-    this.payDebts(this.guardCloseCode, this.reason ? ERRORS[this.reason].message : '');
+    this.closing.owe(code, ERRORS[reason].message, CLIENT_STREAM_FAULTS.has(reason));
   }
 
   /** Messages and bytes so far, each way, for live metrics. */
@@ -268,8 +225,8 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
     if (inspector.error !== null) {
       const direction = inspector === this.c2u ? 'client' : 'upstream';
       this.close(inspector.error, `from the ${direction}: ${inspector.errorDetail}`);
-    } else if (this.owesClient || this.owesUpstream) {
-      this.payDebts(this.guardCloseCode, this.reason ? ERRORS[this.reason].message : '');
+    } else if (this.closing.owes) {
+      this.closing.payDue();
     } else if (inspector.closeSeen) {
       this.onCloseFrame(inspector === this.c2u ? 'client' : 'upstream');
     }
@@ -282,7 +239,7 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
   private throttle(rest: Buffer, wait: number): void {
     this.held = rest;
     this.client.pause();
-    this.throttleTimer = setTimeout(() => {
+    this.throttleTimer = this.clock.setTimeout(() => {
       this.throttleTimer = null;
       try {
         this.feedHeld();
@@ -366,37 +323,27 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
     const step = Math.max(1, Math.floor(timeoutMs / 4));
     let seen = -1;
     let quiet = 0;
-    this.idleTimer = setInterval(() => {
+    const check = () => {
       const frames = this.c2u.dataFrames + this.u2c.dataFrames;
       quiet = frames === seen ? quiet + step : 0;
       seen = frames;
+      this.idleTimer = this.clock.setTimeout(check, step);
       if (quiet >= timeoutMs) this.close('IDLE_TIMEOUT', `no data frame for ${timeoutMs} ms`);
-    }, step);
+    };
+    this.idleTimer = this.clock.setTimeout(check, step);
   }
 
   private onCloseFrame(side: 'client' | 'upstream'): void {
     this.closedBy ??= side;
     // The upstream, as the server, closes TCP after the handshake (RFC 6455 §7.1.1); the timer covers a peer that never does.
-    this.armCloseTimer();
-  }
-
-  /** Writes owed guard close frames to the sides whose direction has reached a frame boundary. */
-  private payDebts(code: number, text: string): void {
-    if (this.owesUpstream && this.c2u.stopped && !this.settling) {
-      this.owesUpstream = false;
-      if (!this.upstream.destroyed && !this.upstream.writableEnded) this.upstream.end(closeFrame(code, text, true));
-    }
-    if (this.owesClient && this.u2c.stopped) {
-      this.owesClient = false;
-      if (!this.client.destroyed && !this.client.writableEnded) this.client.end(closeFrame(code, text, false));
-    }
+    this.closing.armCloseTimer();
   }
 
   private onClientEnd(): void {
     // http.Server sockets allow half-open connections, so the FIN must be passed on by hand.
     this.closedBy ??= 'client';
     if (!this.upstream.destroyed) this.upstream.end();
-    this.armCloseTimer();
+    this.closing.armCloseTimer();
   }
 
   private onUpstreamEnd(): void {
@@ -406,9 +353,9 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
       return;
     }
     this.closedBy ??= 'upstream';
-    this.releaseClientClose();
+    this.closing.releaseClientClose();
     if (!this.client.destroyed) this.client.end();
-    this.armCloseTimer();
+    this.closing.armCloseTimer();
   }
 
   private onSocketError(socket: Socket, err: Error): void {
@@ -418,11 +365,11 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
 
   private onSocketClose(): void {
     if (this.upstream.destroyed && this.closedBy === null) this.upstreamGone('upstream socket closed');
-    if (this.upstream.destroyed) this.releaseClientClose();
+    if (this.upstream.destroyed) this.closing.releaseClientClose();
     if (this.client.destroyed && !this.upstream.destroyed) {
       this.closedBy ??= 'client';
       // A client that vanished takes the upstream leg with it; one that closed cleanly lets ours finish.
-      if (this.upstream.writableEnded) this.armCloseTimer();
+      if (this.upstream.writableEnded) this.closing.armCloseTimer();
       else this.upstream.destroy();
     }
     if (--this.openSockets === 0) this.finish();
@@ -441,28 +388,19 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
 
   /** setTimeout holds at most 2^31-1 ms (24.8 days); a longer-lived token re-arms until it is due. */
   private armExpiry(at: number): void {
-    const delay = at - Date.now();
+    const delay = at - this.clock.now();
     if (delay <= 0) {
       this.close('TOKEN_EXPIRED', 'token expired during the connection');
       return;
     }
-    this.expiryTimer = setTimeout(() => this.armExpiry(at), Math.min(delay, 0x7fffffff));
-  }
-
-  private armCloseTimer(): void {
-    if (this.closeTimer !== null) return;
-    this.closeTimer = setTimeout(() => {
-      this.client.destroy();
-      this.upstream.destroy();
-    }, this.closeTimeoutMs);
-    this.closeTimer.unref();
+    this.expiryTimer = this.clock.setTimeout(() => this.armExpiry(at), Math.min(delay, 0x7fffffff));
   }
 
   private finish(): void {
-    for (const timer of [this.closeTimer, this.flushTimer, this.settleTimer, this.expiryTimer, this.lifetimeTimer, this.throttleTimer]) clearTimeout(timer ?? undefined);
+    this.closing.dispose();
+    for (const timer of [this.expiryTimer, this.lifetimeTimer, this.throttleTimer, this.idleTimer]) if (timer !== null) this.clock.clearTimeout(timer);
     this.counter?.destroy();
     if (this.gate !== null) this.dropGate();
-    clearInterval(this.idleTimer ?? undefined);
     const closeCode = this.closedBy === 'guard'
       ? this.guardCloseCode
       : this.closedBy === 'upstream' ? this.u2c.closeCode : this.c2u.closeCode;
@@ -476,7 +414,7 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
       messagesOut: this.u2c.messages,
       bytesIn: this.c2u.bytes,
       bytesOut: this.u2c.bytes,
-      durationMs: Date.now() - this.startedAt,
+      durationMs: this.clock.now() - this.startedAt,
     });
   }
 }
