@@ -1,12 +1,13 @@
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
-import { InflateCounter } from '../frames/inflate-counter.js';
-import { FrameInspector, MEASURE, STOP, WAIT, compressedAllowance, type MessageLimits } from '../frames/inspector.js';
+import { FrameInspector, type MessageLimits } from '../frames/inspector.js';
 import { ERRORS, type CloseReason } from '../errors.js';
 import type { HoldBudget } from '../limits/hold-budget.js';
 import type { SessionEnd } from '../events.js';
+import { BytePump } from './byte-pump.js';
 import { systemClock, type Clock, type Timer } from './clock.js';
 import { ClosingHandshake } from './closing-handshake.js';
+import { CompressedGate } from './compressed-gate.js';
 
 export type { SessionEnd };
 
@@ -43,20 +44,26 @@ const CLIENT_STREAM_FAULTS: ReadonlySet<CloseReason> = new Set<CloseReason>([
   'PROTOCOL_VIOLATION', 'MESSAGE_TOO_BIG', 'TOO_MANY_FRAGMENTS', 'INVALID_COMPRESSED', 'MESSAGE_RATE', 'CONTROL_FRAME_RATE',
 ]);
 
-
 /**
- * One proxied WebSocket connection: two sockets, an inspector per direction, and the closing logic.
- * Chunks are forwarded as they were received (design.md §2); the inspectors only say how much of each.
+ * One proxied WebSocket connection: two sockets, and what the session wires between them: a byte pump per
+ * direction (each with its inspector; the client's with the compressed-message gate when compressed
+ * messages are measured), the closing handshake, and the connection's own deadlines (token expiry, idle,
+ * maximum lifetime). Chunks are forwarded as they were received (design.md §2); the inspectors only say how
+ * much of each.
  */
 export class Session extends EventEmitter<{ end: [SessionEnd] }> {
   readonly id: number;
   private readonly client: Socket;
   private readonly upstream: Socket;
-  /** client → upstream and upstream → client. */
+  /** The inspectors of client → upstream and upstream → client. */
   private readonly c2u: FrameInspector;
   private readonly u2c: FrameInspector;
-  private readonly clock: Clock;
+  private readonly toUpstream: BytePump;
+  private readonly toClient: BytePump;
+  /** Measures compressed client messages inflated, when a size limit is set on a compressed connection. */
+  private readonly gate: CompressedGate | null = null;
   private readonly closing: ClosingHandshake;
+  private readonly clock: Clock;
   private readonly startedAt: number;
   private closedBy: SessionEnd['closedBy'] | null = null;
   private reason: CloseReason | null = null;
@@ -66,25 +73,6 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
   private expiryTimer: Timer | null = null;
   private idleTimer: Timer | null = null;
   private lifetimeTimer: Timer | null = null;
-  /** Client bytes not yet inspected while a message waits for its rate (throttle). */
-  private held: Buffer | null = null;
-  private throttleTimer: Timer | null = null;
-  /** The upstream's socket buffer is full: the client stays paused until it drains. */
-  private upstreamFull = false;
-  /** Measures compressed client messages inflated, when a size limit is set on a compressed connection. */
-  private readonly counter: InflateCounter | null = null;
-  /** A compressed client message held back until its inflated size is known, and its length. */
-  private gate: Buffer[] | null = null;
-  private gateBytes = 0;
-  private readonly gateCap: number = 0;
-  private readonly budget: HoldBudget;
-  /** Paused until the hold budget has room again. */
-  private awaitingBudget = false;
-  /** Reads the client again once the budget has room: one function for the life of the session. */
-  private readonly budgetFreed = () => {
-    this.awaitingBudget = false;
-    if (this.held === null && !this.upstreamFull && !this.client.destroyed) this.client.resume();
-  };
   private openSockets = 2;
 
   constructor(options: SessionOptions) {
@@ -94,20 +82,20 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
     this.upstream = options.upstream;
     this.clock = options.clock ?? systemClock;
     this.startedAt = this.clock.now();
-    this.budget = options.holdBudget;
     const limits = options.messageLimits;
-    let onCompressedPayload: ((payload: Buffer) => void) | null = null;
     if (limits !== undefined && options.compressed && Number.isFinite(limits.maxMessageBytes)) {
-      const counter = new InflateCounter(limits.maxMessageBytes, options.clientNoContextTakeover);
-      this.counter = counter;
-      // Control frames interleaved in a fragmented message get 64 KiB on top, then the message is refused.
-      this.gateCap = compressedAllowance(limits.maxMessageBytes) + 65_536;
-      onCompressedPayload = (payload) => counter.write(payload);
+      this.gate = new CompressedGate({
+        maxMessageBytes: limits.maxMessageBytes,
+        noContextTakeover: options.clientNoContextTakeover,
+        budget: options.holdBudget,
+        onBudgetFreed: () => this.toUpstream.budgetFreed(),
+        refuse: (reason, detail) => this.close(reason, detail),
+      });
     }
     this.c2u = new FrameInspector({
       masked: true,
       compressed: options.compressed,
-      limits: limits && { ...limits, onCompressedPayload },
+      limits: limits && { ...limits, onCompressedPayload: this.gate?.inflate ?? null },
     });
     this.u2c = new FrameInspector({ masked: false, compressed: options.compressed });
     this.closing = new ClosingHandshake(
@@ -122,14 +110,9 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
       if (socket.closed) process.nextTick(() => this.onSocketClose());
       else socket.once('close', () => this.onSocketClose());
     }
-    this.client.on('data', (chunk: Buffer) => this.pass(chunk, this.client, this.upstream, this.c2u));
-    this.upstream.on('data', (chunk: Buffer) => this.pass(chunk, this.upstream, this.client, this.u2c));
-    // Backpressure: a side that cannot keep up pauses the other (design.md §2).
-    this.client.on('drain', () => this.upstream.resume());
-    this.upstream.on('drain', () => {
-      this.upstreamFull = false;
-      if (this.held === null && !this.awaitingBudget) this.client.resume();
-    });
+    const events = { onStop: (pump: BytePump) => this.onStop(pump), onFault: (err: unknown) => this.fault(err) };
+    this.toUpstream = new BytePump('client', this.client, this.upstream, this.c2u, this.gate, this.clock, events);
+    this.toClient = new BytePump('upstream', this.upstream, this.client, this.u2c, null, this.clock, events);
     this.client.on('end', () => this.onClientEnd());
     this.upstream.on('end', () => this.onUpstreamEnd());
 
@@ -138,8 +121,8 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
     if (options.maxLifetimeMs !== undefined) {
       this.lifetimeTimer = this.clock.setTimeout(() => this.close('MAX_LIFETIME', 'maximum lifetime reached'), options.maxLifetimeMs);
     }
-    if (options.upstreamHead.length > 0) this.pass(options.upstreamHead, this.upstream, this.client, this.u2c);
-    if (options.clientHead.length > 0) this.pass(options.clientHead, this.client, this.upstream, this.c2u);
+    if (options.upstreamHead.length > 0) this.toClient.receive(options.upstreamHead);
+    if (options.clientHead.length > 0) this.toUpstream.receive(options.clientHead);
     // A client FIN that came before the session existed (while the token was verified, a JWKS fetched or
     // the upstream dialled) was emitted as 'end' to nobody, and http.Server sockets are half-open, so no
     // 'close' follows either: without this the session, its connection slot and the upstream leg would
@@ -157,14 +140,10 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
       this.closing.closeWith(code, ERRORS[reason].message);
     }
     this.detail ??= detail;
-    // A held compressed message never went out: the upstream is at a frame boundary where it began.
-    if (this.gate !== null) {
-      this.dropGate();
-      this.c2u.stopNow();
-    }
+    this.toUpstream.abandonHeldMessage();
     // No client message goes on after a guard close: the copies queued for inflating are dropped now,
     // not when the peers have finished closing (up to timeouts.close later).
-    this.counter?.destroy();
+    this.gate?.stop();
     this.closing.owe(code, ERRORS[reason].message, CLIENT_STREAM_FAULTS.has(reason));
   }
 
@@ -184,123 +163,12 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
     this.upstream.destroy();
   }
 
-  /** Every chunk from outside enters here: a fault while handling it ends this connection, never the process (design.md §1). */
-  private pass(chunk: Buffer, from: Socket, to: Socket, inspector: FrameInspector): void {
-    try {
-      this.forward(chunk, from, to, inspector);
-    } catch (err) {
-      this.fault(err);
-    }
-  }
-
-  private forward(chunk: Buffer, from: Socket, to: Socket, inspector: FrameInspector): void {
-    const verdict = inspector.feed(chunk);
-    const n = inspector.accepted;
-    let flushed = true;
-    const gateFrom = inspector.gateFrom;
-    if (gateFrom >= 0) {
-      // From gateFrom on, the bytes belong to a compressed message that is measured before it may go on.
-      if (inspector.released !== null) {
-        if (gateFrom === 0) this.hold(inspector.released);
-        else flushed = to.write(inspector.released);
-      }
-      if (gateFrom > 0) flushed = to.write(chunk.subarray(0, gateFrom)) && flushed;
-      if (n > gateFrom) this.hold(chunk.subarray(gateFrom, n));
-    } else {
-      if (inspector.released !== null) flushed = to.write(inspector.released);
-      if (n === chunk.length) flushed = to.write(chunk) && flushed;
-      else if (n > 0) flushed = to.write(chunk.subarray(0, n)) && flushed;
-    }
-    if (!flushed) {
-      if (to === this.upstream) this.upstreamFull = true;
-      from.pause();
-    }
-    if (verdict === WAIT) this.throttle(chunk.subarray(n), inspector.waitMs);
-    else if (verdict === MEASURE) this.measure(chunk.subarray(n));
-    else if (verdict === STOP) this.onStop(inspector);
-  }
-
-  /** This direction forwards nothing more: a violation, a close frame, or the guard's own stop. */
-  private onStop(inspector: FrameInspector): void {
-    if (inspector.error !== null) {
-      const direction = inspector === this.c2u ? 'client' : 'upstream';
-      this.close(inspector.error, `from the ${direction}: ${inspector.errorDetail}`);
-    } else if (this.closing.owes) {
-      this.closing.payDue();
-    } else if (inspector.closeSeen) {
-      this.onCloseFrame(inspector === this.c2u ? 'client' : 'upstream');
-    }
-  }
-
-  /**
-   * `onExceed: throttle`: the message waits for its token with the rest of the chunk held, and the client
-   * is not read meanwhile, so it is slowed by TCP backpressure and nothing is lost.
-   */
-  private throttle(rest: Buffer, wait: number): void {
-    this.held = rest;
-    this.client.pause();
-    this.throttleTimer = this.clock.setTimeout(() => {
-      this.throttleTimer = null;
-      try {
-        this.feedHeld();
-      } catch (err) {
-        this.fault(err);
-      }
-    }, wait);
-  }
-
-  /** Inspects the client bytes held back by a throttle or a measurement, then reads the client again. */
-  private feedHeld(): void {
-    const held = this.held;
-    this.held = null;
-    if (held !== null && held.length > 0) this.forward(held, this.client, this.upstream, this.c2u);
-    if (this.held === null && !this.upstreamFull && !this.awaitingBudget && !this.client.destroyed) this.client.resume();
-  }
-
-  private hold(bytes: Buffer): void {
-    const first = this.gate === null;
-    (this.gate ??= []).push(bytes);
-    this.gateBytes += bytes.length;
-    this.budget.take(bytes.length, first);
-    if (this.gateBytes > this.gateCap) {
-      this.close('MESSAGE_TOO_BIG', 'compressed message held past its cap');
-      return;
-    }
-    // Past the process's budget the client is not read until others give bytes back (backpressure),
-    // unless every other holder waits already: then this one goes on, so some message can always end.
-    if (!this.budget.exceeded || this.awaitingBudget || !this.budget.wait(this.budgetFreed)) return;
-    this.awaitingBudget = true;
-    this.client.pause();
-  }
-
-  /** The held message is gone (forwarded, refused, or the session ended): its bytes go back to the budget. */
-  private dropGate(): void {
-    this.budget.giveBack(this.gateBytes, this.budgetFreed);
-    this.gate = null;
-    this.gateBytes = 0;
-    this.awaitingBudget = false;
-  }
-
-  /**
-   * A compressed message is complete: it goes on only once inflated within `messageSize` (design.md §2),
-   * so a deflate bomb never reaches the upstream. The client is not read meanwhile.
-   */
-  private measure(rest: Buffer): void {
-    this.held = rest;
-    this.client.pause();
-    this.counter!.end().then((verdict) => {
-      if (this.gate === null) return;
-      if (verdict !== 'ok') {
-        this.close(verdict === 'too-big' ? 'MESSAGE_TOO_BIG' : 'INVALID_COMPRESSED', `compressed message ${verdict}`);
-        return;
-      }
-      const gate = this.gate;
-      this.dropGate();
-      let flushed = true;
-      for (const bytes of gate) flushed = this.upstream.write(bytes) && flushed;
-      if (!flushed) this.upstreamFull = true;
-      this.feedHeld();
-    }).catch((err: unknown) => this.fault(err));
+  /** A direction forwards nothing more: a violation, a close frame, or the guard's own stop. */
+  private onStop(pump: BytePump): void {
+    const inspector = pump.inspector;
+    if (inspector.error !== null) this.close(inspector.error, `from the ${pump.side}: ${inspector.errorDetail}`);
+    else if (this.closing.owes) this.closing.payDue();
+    else if (inspector.closeSeen) this.onCloseFrame(pump.side);
   }
 
   /**
@@ -398,9 +266,10 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
 
   private finish(): void {
     this.closing.dispose();
-    for (const timer of [this.expiryTimer, this.lifetimeTimer, this.throttleTimer, this.idleTimer]) if (timer !== null) this.clock.clearTimeout(timer);
-    this.counter?.destroy();
-    if (this.gate !== null) this.dropGate();
+    this.toUpstream.dispose();
+    for (const timer of [this.expiryTimer, this.lifetimeTimer, this.idleTimer]) if (timer !== null) this.clock.clearTimeout(timer);
+    this.gate?.stop();
+    this.gate?.drop();
     const closeCode = this.closedBy === 'guard'
       ? this.guardCloseCode
       : this.closedBy === 'upstream' ? this.u2c.closeCode : this.c2u.closeCode;

@@ -1,0 +1,180 @@
+import type { Socket } from 'node:net';
+import { FORWARD, MEASURE, WAIT, type FrameInspector } from '../frames/inspector.js';
+import type { Clock, Timer } from './clock.js';
+import type { CompressedGate } from './compressed-gate.js';
+
+// Why a pump does not read its source; it reads again once no reason is left (design.md §2: backpressure).
+/** The other socket's buffer is full, until its 'drain'. */
+const FULL = 1;
+/** The rest of a chunk waits to be fed again: a throttled message's token, or a message being measured. */
+const HELD = 2;
+/** The process's hold budget is spent (compressed-gate.ts), until other connections give bytes back. */
+const BUDGET = 4;
+
+export interface PumpEvents {
+  /** The inspector said STOP: nothing more goes on in this direction. */
+  onStop(pump: BytePump): void;
+  /** A bug met while pumping: it ends this connection, never the process (design.md §1). */
+  onFault(err: unknown): void;
+}
+
+/**
+ * One direction of a connection: reads a socket, feeds each chunk to the direction's inspector, and writes
+ * to the other socket what the verdict lets through, as the very chunk it was read in (design.md §2: no
+ * copy, no write per message). When the other socket cannot take more, the source is not read until it
+ * drains. The verdicts that defer the rest of a chunk (a throttle's WAIT, a compressed message's MEASURE)
+ * keep it, unread further, and feed it again when the wait is over.
+ */
+export class BytePump {
+  readonly inspector: FrameInspector;
+  /** Whom this pump reads from. */
+  readonly side: 'client' | 'upstream';
+  private readonly from: Socket;
+  private readonly to: Socket;
+  /** Set on the client's direction when compressed messages are measured before they go on. */
+  private readonly gate: CompressedGate | null;
+  private readonly clock: Clock;
+  private readonly events: PumpEvents;
+  /** The reasons the source is not read (FULL | HELD | BUDGET). */
+  private paused = 0;
+  /** The rest of a chunk after WAIT or MEASURE, fed again when the wait is over. */
+  private held: Buffer | null = null;
+  private waitTimer: Timer | null = null;
+
+  constructor(
+    side: 'client' | 'upstream', from: Socket, to: Socket, inspector: FrameInspector,
+    gate: CompressedGate | null, clock: Clock, events: PumpEvents,
+  ) {
+    this.side = side;
+    this.from = from;
+    this.to = to;
+    this.inspector = inspector;
+    this.gate = gate;
+    this.clock = clock;
+    this.events = events;
+    from.on('data', (chunk: Buffer) => this.receive(chunk));
+    to.on('drain', () => this.resumeFor(FULL));
+  }
+
+  /** Every chunk from outside enters here (and the bytes that came with the handshake): a fault ends this connection, never the process. */
+  receive(chunk: Buffer): void {
+    try {
+      this.forward(chunk);
+    } catch (err) {
+      this.events.onFault(err);
+    }
+  }
+
+  /** The hold budget has room again (compressed-gate.ts). */
+  budgetFreed(): void {
+    this.resumeFor(BUDGET);
+  }
+
+  /**
+   * The guard closes while a compressed message is held: none of it went out, so the other side is at the
+   * frame boundary where that message began, and this direction stops there.
+   */
+  abandonHeldMessage(): void {
+    if (this.gate === null || !this.gate.holding) return;
+    this.gate.drop();
+    this.paused &= ~BUDGET;
+    this.inspector.stopNow();
+  }
+
+  /** The connection has ended: a throttled message's timer may not fire any more. */
+  dispose(): void {
+    if (this.waitTimer !== null) this.clock.clearTimeout(this.waitTimer);
+  }
+
+  private forward(chunk: Buffer): void {
+    const inspector = this.inspector;
+    const verdict = inspector.feed(chunk);
+    const n = inspector.accepted;
+    if (inspector.gateFrom < 0) this.write(chunk, n);
+    else this.writeGated(chunk, n, inspector.gateFrom);
+    if (verdict === FORWARD) return;
+    if (verdict === WAIT) this.waitThenFeed(chunk.subarray(n), inspector.waitMs);
+    else if (verdict === MEASURE) this.measureThenFeed(chunk.subarray(n));
+    else this.events.onStop(this);
+  }
+
+  /** The held header bytes the chunk completed, then its first `n` bytes: the chunk itself when all of it goes on. */
+  private write(chunk: Buffer, n: number): void {
+    const released = this.inspector.released;
+    let flushed = true;
+    if (released !== null) flushed = this.to.write(released);
+    if (n === chunk.length) flushed = this.to.write(chunk) && flushed;
+    else if (n > 0) flushed = this.to.write(chunk.subarray(0, n)) && flushed;
+    if (!flushed) this.pauseFor(FULL);
+  }
+
+  /** From `gateFrom` on, the bytes belong to a compressed message that is measured before it may go on. */
+  private writeGated(chunk: Buffer, n: number, gateFrom: number): void {
+    const gate = this.gate!;
+    const released = this.inspector.released;
+    let flushed = true;
+    let budgetSpent = false;
+    if (released !== null) {
+      if (gateFrom === 0) budgetSpent = gate.hold(released);
+      else flushed = this.to.write(released);
+    }
+    if (gateFrom > 0) flushed = this.to.write(chunk.subarray(0, gateFrom)) && flushed;
+    if (n > gateFrom) budgetSpent = gate.hold(chunk.subarray(gateFrom, n)) || budgetSpent;
+    if (budgetSpent) this.pauseFor(BUDGET);
+    if (!flushed) this.pauseFor(FULL);
+  }
+
+  /**
+   * `onExceed: throttle`: the message waits for its token with the rest of the chunk kept, and the source is
+   * not read meanwhile, so it is slowed by TCP backpressure and nothing is lost.
+   */
+  private waitThenFeed(rest: Buffer, ms: number): void {
+    this.keep(rest);
+    this.waitTimer = this.clock.setTimeout(() => {
+      this.waitTimer = null;
+      try {
+        this.feedHeld();
+      } catch (err) {
+        this.events.onFault(err);
+      }
+    }, ms);
+  }
+
+  /** A compressed message is complete: it goes on once measured, and the rest of the chunk after it. */
+  private measureThenFeed(rest: Buffer): void {
+    this.keep(rest);
+    this.gate!.measure().then((message) => {
+      if (message === null) return;
+      // The gate gave the message's bytes back to the budget: a wait for the budget ends with it.
+      this.paused &= ~BUDGET;
+      let flushed = true;
+      for (const bytes of message) flushed = this.to.write(bytes) && flushed;
+      if (!flushed) this.pauseFor(FULL);
+      this.feedHeld();
+    }).catch((err: unknown) => this.events.onFault(err));
+  }
+
+  private keep(rest: Buffer): void {
+    this.held = rest;
+    this.pauseFor(HELD);
+  }
+
+  /** Feeds the bytes kept back by a throttle or a measurement, then reads the source again. */
+  private feedHeld(): void {
+    const held = this.held;
+    this.held = null;
+    this.paused &= ~HELD;
+    if (held !== null && held.length > 0) this.forward(held);
+    if (this.paused === 0 && !this.from.destroyed) this.from.resume();
+  }
+
+  private pauseFor(reason: number): void {
+    this.paused |= reason;
+    this.from.pause();
+  }
+
+  private resumeFor(reason: number): void {
+    this.paused &= ~reason;
+    if (this.paused === 0 && !this.from.destroyed) this.from.resume();
+  }
+}
