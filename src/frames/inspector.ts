@@ -8,11 +8,9 @@ export const OP_CLOSE = 0x8;
 export const OP_PING = 0x9;
 export const OP_PONG = 0xa;
 
-/**
- * The inspector's states (RFC 6455 §5.2), named as in `ws`'s Receiver. A header that arrives whole in one
- * chunk is read at once (HEADER → PAYLOAD); one that straddles chunks is collected through the states of
- * its parts, and read when the last part is in.
- */
+// The inspector's states (RFC 6455 §5.2), named as in `ws`'s Receiver. A header that arrives whole in one
+// chunk is read at once (HEADER → PAYLOAD); one that straddles chunks is collected through the states of
+// its parts, and read when the last part is in.
 /** Between frames, or the first of a header's two fixed bytes held (FIN, RSV1-3, opcode; MASK, length). */
 const HEADER = 0;
 /** Collecting the 16-bit extended payload length. */
@@ -32,11 +30,9 @@ const CLOSED = 7;
 /** A violation or a stop: nothing more is forwarded in this direction. */
 const STOPPED = 8;
 
-/**
- * What `feed` says of a chunk. Whatever the verdict, the first `accepted` bytes of the chunk go on, after
- * the held header bytes in `released` (and from `gateFrom` on, into the compressed-message gate instead);
- * the verdict says what becomes of the rest.
- */
+// What `feed` says of a chunk. Whatever the verdict, the first `accepted` bytes of the chunk go on, after
+// the held header bytes in `released` (and from `gateFrom` on, into the compressed-message gate instead);
+// the verdict says what becomes of the rest.
 /** Read on: the rest of the chunk, if any, is the start of a header that the inspector holds. */
 export const FORWARD = 0;
 /** A data message waits `waitMs` for its rate token (`onExceed: throttle`): feed the rest again then. */
@@ -252,7 +248,7 @@ export class FrameInspector {
     this.releasedHeader = null;
     this.gateStart = this.gating ? 0 : -1;
     // The session feeds again after WAIT (the token is due) and after MEASURE (the message went on).
-    if (this.state === THROTTLED || this.state === MEASURING) this.state = this.headerLength < 2 ? HEADER : partAt(this.headerLength, this.header![1]!);
+    if (this.state === THROTTLED || this.state === MEASURING) this.state = partAt(this.headerLength, this.header?.[1] ?? 0);
     const length = chunk.length;
     let pos = 0;
     while (pos < length) {
@@ -267,23 +263,23 @@ export class FrameInspector {
         this.byteCount += take;
         if (this.remaining === 0) {
           const verdict = this.endFrame();
-          if (verdict !== FORWARD) return this.verdict(pos, verdict);
+          if (verdict !== FORWARD) return this.conclude(pos, verdict);
         }
         continue;
       }
-      if (state > MASK_KEY) return this.verdict(pos, STOP);
+      if (state > MASK_KEY) return this.conclude(pos, STOP);
       // The common case: a whole header in this chunk is read in place.
       if (this.headerLength === 0 && length - pos >= 2) {
         const size = headerSize(chunk[pos + 1]!);
         if (length - pos >= size) {
           this.frameAt = pos;
           const verdict = this.startFrame(chunk, pos);
-          if (verdict !== FORWARD) return this.verdict(pos, verdict);
+          if (verdict !== FORWARD) return this.conclude(pos, verdict);
           pos += size;
           this.byteCount += size;
           if (this.remaining === 0) {
             const end = this.endFrame();
-            if (end !== FORWARD) return this.verdict(pos, end);
+            if (end !== FORWARD) return this.conclude(pos, end);
           }
           continue;
         }
@@ -293,7 +289,7 @@ export class FrameInspector {
       const held = this.headerLength;
       const header = (this.header ??= Buffer.alloc(14));
       pos = this.collectHeader(header, chunk, pos);
-      if (this.state !== HEADER || this.headerLength < 2) return this.verdict(start, FORWARD);
+      if (this.state !== HEADER || this.headerLength < 2) return this.conclude(start, FORWARD);
       const size = this.headerLength;
       this.headerLength = 0;
       this.frameAt = start;
@@ -301,19 +297,19 @@ export class FrameInspector {
       if (verdict !== FORWARD) {
         // A throttled frame is fed again later: its bytes from this chunk will be collected once more.
         if (verdict === WAIT) this.headerLength = held;
-        return this.verdict(start, verdict);
+        return this.conclude(start, verdict);
       }
       if (held > 0) this.releasedHeader = Buffer.from(header.subarray(0, held));
       this.byteCount += size;
       if (this.remaining === 0) {
         const end = this.endFrame();
-        if (end !== FORWARD) return this.verdict(pos, end);
+        if (end !== FORWARD) return this.conclude(pos, end);
       }
     }
-    return this.verdict(pos, FORWARD);
+    return this.conclude(pos, FORWARD);
   }
 
-  private verdict(accepted: number, verdict: Verdict): Verdict {
+  private conclude(accepted: number, verdict: Verdict): Verdict {
     this.acceptedBytes = accepted;
     return verdict;
   }
@@ -326,8 +322,7 @@ export class FrameInspector {
     const length = chunk.length;
     while (pos < length) {
       header[this.headerLength++] = chunk[pos++]!;
-      if (this.headerLength < 2) continue;
-      if (this.headerLength === headerSize(header[1]!)) {
+      if (this.headerLength >= 2 && this.headerLength === headerSize(header[1]!)) {
         this.state = HEADER;
         break;
       }
@@ -501,8 +496,9 @@ function headerSize(b1: number): number {
   return 2 + (length === 126 ? 2 : length === 127 ? 8 : 0) + (b1 & 0x80 ? 4 : 0);
 }
 
-/** The part of a header that its byte at `offset` (≥ 2) belongs to, given the header's second byte (§5.2). */
+/** The part of a header that its byte at `offset` belongs to, given the header's second byte (§5.2). */
 function partAt(offset: number, b1: number): number {
+  if (offset < 2) return HEADER;
   const length = b1 & 0x7f;
   if (length === 126 && offset < 4) return LENGTH_16;
   if (length === 127 && offset < 10) return LENGTH_64;
