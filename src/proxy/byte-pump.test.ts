@@ -56,8 +56,8 @@ function setup(limits?: Partial<MessageLimits>, compressed = false) {
     limits: { maxMessageBytes: Infinity, maxFragments: Infinity, onMessageStart: null, onControlFrame: null, onCompressedPayload: gate?.inflate ?? null, ...limits },
   });
   pump = new BytePump('client', from as unknown as Socket, to as unknown as Socket, inspector, gate, clock, {
-    onStop: (p) => stops.push(p),
-    onFault: (err) => faults.push(err),
+    pumpStopped: (p) => stops.push(p),
+    pumpFailed: (err) => faults.push(err),
   });
   return { clock, from, to, pump, inspector, stops, faults };
 }

@@ -11,11 +11,12 @@ const HELD = 2;
 /** The process's hold budget is spent (compressed-gate.ts), until other connections give bytes back. */
 const BUDGET = 4;
 
+/** What a pump tells its session (the session itself: an object and two closures less per connection). */
 export interface PumpEvents {
   /** The inspector said STOP: nothing more goes on in this direction. */
-  onStop(pump: BytePump): void;
+  pumpStopped(pump: BytePump): void;
   /** A bug met while pumping: it ends this connection, never the process (design.md §1). */
-  onFault(err: unknown): void;
+  pumpFailed(err: unknown): void;
 }
 
 /**
@@ -61,7 +62,7 @@ export class BytePump {
     try {
       this.forward(chunk);
     } catch (err) {
-      this.events.onFault(err);
+      this.events.pumpFailed(err);
     }
   }
 
@@ -95,7 +96,7 @@ export class BytePump {
     if (verdict === FORWARD) return;
     if (verdict === WAIT) this.waitThenFeed(chunk.subarray(n), inspector.waitMs);
     else if (verdict === MEASURE) this.measureThenFeed(chunk.subarray(n));
-    else this.events.onStop(this);
+    else this.events.pumpStopped(this);
   }
 
   /** The held header bytes the chunk completed, then its first `n` bytes: the chunk itself when all of it goes on. */
@@ -135,7 +136,7 @@ export class BytePump {
       try {
         this.feedHeld();
       } catch (err) {
-        this.events.onFault(err);
+        this.events.pumpFailed(err);
       }
     }, ms);
   }
@@ -151,7 +152,7 @@ export class BytePump {
       for (const bytes of message) flushed = this.to.write(bytes) && flushed;
       if (!flushed) this.pauseFor(FULL);
       this.feedHeld();
-    }).catch((err: unknown) => this.events.onFault(err));
+    }).catch((err: unknown) => this.events.pumpFailed(err));
   }
 
   private keep(rest: Buffer): void {

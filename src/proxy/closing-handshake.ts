@@ -22,7 +22,10 @@ export interface ClosingLegs {
  * never does.
  */
 export class ClosingHandshake {
-  private readonly legs: ClosingLegs;
+  private readonly client: Socket;
+  private readonly upstream: Socket;
+  private readonly c2u: FrameInspector;
+  private readonly u2c: FrameInspector;
   private readonly closeTimeoutMs: number;
   private readonly clock: Clock;
   private owesClient = false;
@@ -38,7 +41,10 @@ export class ClosingHandshake {
   private closeTimer: Timer | null = null;
 
   constructor(legs: ClosingLegs, closeTimeoutMs: number, clock: Clock) {
-    this.legs = legs;
+    this.client = legs.client;
+    this.upstream = legs.upstream;
+    this.c2u = legs.c2u;
+    this.u2c = legs.u2c;
     this.closeTimeoutMs = closeTimeoutMs;
     this.clock = clock;
   }
@@ -61,15 +67,14 @@ export class ClosingHandshake {
    * answers until the upstream closes (`flushToClient`).
    */
   owe(code: number, text: string, clientFault: boolean): void {
-    const { client, upstream, c2u, u2c } = this.legs;
-    if (!c2u.closeSeen && !upstream.destroyed) {
-      c2u.stopAtBoundary();
+    if (!this.c2u.closeSeen && !this.upstream.destroyed) {
+      this.c2u.stopAtBoundary();
       this.owesUpstream = true;
     }
-    if (!u2c.closeSeen && !client.destroyed && !this.owesClient) {
+    if (!this.u2c.closeSeen && !this.client.destroyed && !this.owesClient) {
       this.owesClient = true;
-      if (this.owesUpstream && clientFault && !u2c.stopped) this.flushToClient();
-      else u2c.stopAtBoundary();
+      if (this.owesUpstream && clientFault && !this.u2c.stopped) this.flushToClient();
+      else this.u2c.stopAtBoundary();
     }
     this.pay(code, text);
     this.armCloseTimer();
@@ -83,7 +88,7 @@ export class ClosingHandshake {
   /** The upstream will send nothing more worth waiting for: the client's close goes out at the next boundary. */
   releaseClientClose(): void {
     if (!this.owesClient) return;
-    this.legs.u2c.stopAtBoundary();
+    this.u2c.stopAtBoundary();
     this.payDue();
   }
 
@@ -91,8 +96,8 @@ export class ClosingHandshake {
   armCloseTimer(): void {
     if (this.closeTimer !== null) return;
     this.closeTimer = this.clock.setTimeout(() => {
-      this.legs.client.destroy();
-      this.legs.upstream.destroy();
+      this.client.destroy();
+      this.upstream.destroy();
     }, this.closeTimeoutMs);
     this.closeTimer.unref();
   }
@@ -113,7 +118,7 @@ export class ClosingHandshake {
    * the next frame boundary, and the close timer still ends everything within `timeouts.close`.
    */
   private flushToClient(): void {
-    this.legs.u2c.stopBeforeClose();
+    this.u2c.stopBeforeClose();
     this.settling = true;
     this.settleTimer = this.clock.setTimeout(() => {
       this.settling = false;
@@ -126,15 +131,14 @@ export class ClosingHandshake {
 
   /** Writes owed close frames to the sides whose direction has reached a frame boundary (RFC 6455 §5.5.1). */
   private pay(code: number, text: string): void {
-    const { client, upstream, c2u, u2c } = this.legs;
-    if (this.owesUpstream && c2u.stopped && !this.settling) {
+    if (this.owesUpstream && this.c2u.stopped && !this.settling) {
       this.owesUpstream = false;
       // §5.3: a frame toward the server is masked.
-      if (!upstream.destroyed && !upstream.writableEnded) upstream.end(closeFrame(code, text, true));
+      if (!this.upstream.destroyed && !this.upstream.writableEnded) this.upstream.end(closeFrame(code, text, true));
     }
-    if (this.owesClient && u2c.stopped) {
+    if (this.owesClient && this.u2c.stopped) {
       this.owesClient = false;
-      if (!client.destroyed && !client.writableEnded) client.end(closeFrame(code, text, false));
+      if (!this.client.destroyed && !this.client.writableEnded) this.client.end(closeFrame(code, text, false));
     }
   }
 }

@@ -4,7 +4,7 @@ import { FrameInspector, type MessageLimits } from '../frames/inspector.js';
 import { ERRORS, type CloseReason } from '../errors.js';
 import type { HoldBudget } from '../limits/hold-budget.js';
 import type { SessionEnd } from '../events.js';
-import { BytePump } from './byte-pump.js';
+import { BytePump, type PumpEvents } from './byte-pump.js';
 import { systemClock, type Clock, type Timer } from './clock.js';
 import { ClosingHandshake } from './closing-handshake.js';
 import { CompressedGate } from './compressed-gate.js';
@@ -51,7 +51,7 @@ const CLIENT_STREAM_FAULTS: ReadonlySet<CloseReason> = new Set<CloseReason>([
  * maximum lifetime). Chunks are forwarded as they were received (design.md §2); the inspectors only say how
  * much of each.
  */
-export class Session extends EventEmitter<{ end: [SessionEnd] }> {
+export class Session extends EventEmitter<{ end: [SessionEnd] }> implements PumpEvents {
   readonly id: number;
   private readonly client: Socket;
   private readonly upstream: Socket;
@@ -110,9 +110,8 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
       if (socket.closed) process.nextTick(() => this.onSocketClose());
       else socket.once('close', () => this.onSocketClose());
     }
-    const events = { onStop: (pump: BytePump) => this.onStop(pump), onFault: (err: unknown) => this.fault(err) };
-    this.toUpstream = new BytePump('client', this.client, this.upstream, this.c2u, this.gate, this.clock, events);
-    this.toClient = new BytePump('upstream', this.upstream, this.client, this.u2c, null, this.clock, events);
+    this.toUpstream = new BytePump('client', this.client, this.upstream, this.c2u, this.gate, this.clock, this);
+    this.toClient = new BytePump('upstream', this.upstream, this.client, this.u2c, null, this.clock, this);
     this.client.on('end', () => this.onClientEnd());
     this.upstream.on('end', () => this.onUpstreamEnd());
 
@@ -163,8 +162,8 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
     this.upstream.destroy();
   }
 
-  /** A direction forwards nothing more: a violation, a close frame, or the guard's own stop. */
-  private onStop(pump: BytePump): void {
+  /** For the pumps (PumpEvents): a direction forwards nothing more: a violation, a close frame, or the guard's own stop. */
+  pumpStopped(pump: BytePump): void {
     const inspector = pump.inspector;
     if (inspector.error !== null) this.close(inspector.error, `from the ${pump.side}: ${inspector.errorDetail}`);
     else if (this.closing.owes) this.closing.payDue();
@@ -172,10 +171,11 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> {
   }
 
   /**
-   * A bug met while handling this connection: both legs are dropped (no frame can be trusted to be at a
-   * boundary any more) and the audit line names it; the process and every other connection go on.
+   * For the pumps (PumpEvents): a bug met while handling this connection. Both legs are dropped (no frame
+   * can be trusted to be at a boundary any more) and the audit line names it; the process and every other
+   * connection go on.
    */
-  private fault(err: unknown): void {
+  pumpFailed(err: unknown): void {
     if (this.closedBy === null) {
       this.closedBy = 'guard';
       this.reason = 'INTERNAL_ERROR';
