@@ -44,6 +44,20 @@ function setup(closeTimeoutMs = 1000) {
 const BIG = Buffer.concat([hex('82 7e 00c8'), Buffer.alloc(200, 1)]);
 
 describe('ClosingHandshake', () => {
+  it('a frame paid after a peer closed first carries the guard\'s code, and a second reason does not replace the first', () => {
+    const { client, upstream, u2c, c2u, closing } = setup();
+    // The client closed first (its close went to the upstream); the upstream is mid-frame when the guard
+    // closes for idleness, then again for another reason.
+    c2u.feed(hex('88 82 00000000 03e8'));
+    u2c.feed(BIG.subarray(0, 100));
+    closing.owe(1001, 'idle timeout', false);
+    closing.owe(1011, 'internal error', false);
+    expect(upstream.frame).toBeNull();
+    expect(u2c.feed(BIG.subarray(100))).toBe(STOP);
+    closing.payDue();
+    expect(client.closeCode).toBe(1001);
+  });
+
   it('writes its close to both sides at once when both directions are between frames (masked toward the upstream)', () => {
     const { client, upstream, closing } = setup();
     closing.owe(1001, 'going away', false);
@@ -57,7 +71,6 @@ describe('ClosingHandshake', () => {
   it('owes the client its close until the frame in flight has been forwarded whole (RFC 6455 §5.5.1)', () => {
     const { client, upstream, u2c, closing } = setup();
     u2c.feed(BIG.subarray(0, 100));
-    closing.closeWith(1001, 'going away');
     closing.owe(1001, 'going away', false);
     expect(upstream.closeCode).toBe(1001);
     expect(client.frame).toBeNull();
@@ -90,7 +103,6 @@ describe('ClosingHandshake', () => {
   describe('a fault in the client stream', () => {
     it('lets the upstream settle 100 ms before its close, and the client waits for the upstream close', () => {
       const { clock, client, upstream, c2u, u2c, closing } = setup(1000);
-      closing.closeWith(1002, 'protocol error');
       expect(c2u.feed(hex('81 05 48656c6c6f'))).toBe(STOP);
       closing.owe(1002, 'protocol error', true);
       expect(upstream.frame).toBeNull();
@@ -109,7 +121,6 @@ describe('ClosingHandshake', () => {
 
     it('settles at most a quarter of timeouts.close', () => {
       const { clock, upstream, c2u, closing } = setup(200);
-      closing.closeWith(1002, 'protocol error');
       c2u.feed(hex('81 05 48656c6c6f'));
       closing.owe(1002, 'protocol error', true);
       clock.advance(49);
@@ -120,7 +131,6 @@ describe('ClosingHandshake', () => {
 
     it('gives a silent upstream half of timeouts.close, then closes the client at the next boundary', () => {
       const { clock, client, c2u, u2c, closing } = setup(1000);
-      closing.closeWith(1009, 'message too big');
       c2u.feed(hex('81 05 48656c6c6f'));
       u2c.feed(BIG.subarray(0, 50));
       closing.owe(1009, 'message too big', true);

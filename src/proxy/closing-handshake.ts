@@ -30,7 +30,7 @@ export class ClosingHandshake {
   private readonly clock: Clock;
   private owesClient = false;
   private owesUpstream = false;
-  /** The code and reason of frames paid after the call that owed them (`closeWith`). */
+  /** What every close frame the guard owes says: the first reason it closed for (0: it has not closed). */
   private code = 0;
   private text = '';
   /** The upstream's close waits a moment, so it can answer what it already received (`flushToClient`). */
@@ -54,12 +54,6 @@ export class ClosingHandshake {
     return this.owesClient || this.owesUpstream;
   }
 
-  /** What the close frames paid later say: the guard's reason for closing, set when the guard is the one that closes. */
-  closeWith(code: number, text: string): void {
-    this.code = code;
-    this.text = text;
-  }
-
   /**
    * The guard closes: both directions stop at their next frame boundary, each side that has not sent its
    * own close gets the guard's (`code`, `text` when it can be written now), and the close timer starts.
@@ -67,6 +61,12 @@ export class ClosingHandshake {
    * answers until the upstream closes (`flushToClient`).
    */
   owe(code: number, text: string, clientFault: boolean): void {
+    // Frames paid later carry the first reason too: one written after a peer's own close used to say 0, a
+    // code RFC 6455 §7.4 does not allow on the wire, and a second reason must not contradict the first.
+    if (this.code === 0) {
+      this.code = code;
+      this.text = text;
+    }
     if (!this.c2u.closeSeen && !this.upstream.destroyed) {
       this.c2u.stopAtBoundary();
       this.owesUpstream = true;
@@ -76,11 +76,11 @@ export class ClosingHandshake {
       if (this.owesUpstream && clientFault && !this.u2c.stopped) this.flushToClient();
       else this.u2c.stopAtBoundary();
     }
-    this.pay(code, text);
+    this.pay(this.code, this.text);
     this.armCloseTimer();
   }
 
-  /** Writes the owed close frames that can be written now (`closeWith`'s code). */
+  /** Writes the owed close frames that can be written now. */
   payDue(): void {
     this.pay(this.code, this.text);
   }

@@ -136,7 +136,6 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> implements Pump
       this.closedBy = 'guard';
       this.reason = reason;
       this.guardCloseCode = code;
-      this.closing.closeWith(code, ERRORS[reason].message);
     }
     this.detail ??= detail;
     this.toUpstream.abandonHeldMessage();
