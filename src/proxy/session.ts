@@ -145,6 +145,11 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> implements Pump
     this.closing.owe(code, ERRORS[reason].message, CLIENT_STREAM_FAULTS.has(reason));
   }
 
+  /** Its closing handshake has begun (the guard's close, or a peer's close frame or FIN): closing it again changes nothing. */
+  get ending(): boolean {
+    return this.closedBy !== null;
+  }
+
   /** Messages and bytes so far, each way, for live metrics. */
   get counts(): { messagesIn: number; messagesOut: number; bytesIn: number; bytesOut: number } {
     return { messagesIn: this.c2u.messages, messagesOut: this.u2c.messages, bytesIn: this.c2u.bytes, bytesOut: this.u2c.bytes };

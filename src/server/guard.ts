@@ -278,7 +278,8 @@ export async function startGuard(config: GuardConfig, options: GuardOptions = {}
       let closed = 0;
       for (const [session, m] of meta) {
         const match = 'id' in selector ? session.id === selector.id : 'user' in selector ? m.user === selector.user : m.ip === selector.ip;
-        if (!match) continue;
+        // One already closing (an earlier order, or its peer) is not closed again, nor counted as closed by this order.
+        if (!match || session.ending) continue;
         session.close('CLOSED_BY_OPERATOR', 'admin POST /connections/close');
         closed++;
       }
