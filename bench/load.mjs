@@ -770,6 +770,20 @@ const CLOSE_FRAME = (() => {
 })();
 
 /**
+ * The upgrade every client of rows h and i sends: one prebuilt request (a fixed Sec-WebSocket-Key: the server
+ * computes the accept all the same), with the token where the setup has auth.
+ */
+function upgradeRequest(port) {
+  return Buffer.from(
+    `GET /bench HTTP/1.1\r\nHost: ${HOST}:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+      `Sec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n` +
+      (opts.authorization ? `Authorization: Bearer ${opts.authorization}\r\n` : '') +
+      '\r\n',
+    'latin1',
+  );
+}
+
+/**
  * Short-lived WebSockets, one after the other: connect, upgrade (latency: from the connect call to the
  * 101's blank line), a close frame, and the wait for the server to end TCP, as RFC 6455 has it. The CPU
  * per upgrade therefore covers a whole short connection: upgrade, the dial and the upstream's 101, the
@@ -778,13 +792,7 @@ const CLOSE_FRAME = (() => {
  */
 async function handshakeMode() {
   const { port, conns: maxConns, rate = 0, warmupMs, durationMs } = opts;
-  const request = Buffer.from(
-    `GET /bench HTTP/1.1\r\nHost: ${HOST}:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
-      `Sec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n` +
-      (opts.authorization ? `Authorization: Bearer ${opts.authorization}\r\n` : '') +
-      '\r\n',
-    'latin1',
-  );
+  const request = upgradeRequest(port);
   const capacity = 1_000_000;
   const lat = new Float64Array(capacity);
   let nLat = 0;
@@ -911,13 +919,7 @@ async function handshakeMode() {
  */
 async function stormMode() {
   const { port, conns: n } = opts;
-  const request = Buffer.from(
-    `GET /bench HTTP/1.1\r\nHost: ${HOST}:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
-      `Sec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n` +
-      (opts.authorization ? `Authorization: Bearer ${opts.authorization}\r\n` : '') +
-      '\r\n',
-    'latin1',
-  );
+  const request = upgradeRequest(port);
   const lat = new Float64Array(n);
   let ok = 0;
   let pending = n;
