@@ -2,7 +2,7 @@ import http from 'node:http';
 import { SignJWT } from 'jose';
 import type { Socket } from 'socket.io-client';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startTestGuard, until, type TestGuard } from './helpers/guard.js';
+import { guardPerSuite, startTestGuard, until } from './helpers/guard.js';
 import {
   connected,
   echo,
@@ -69,16 +69,10 @@ async function roundTrip(url: string, transports: Transports, options: Parameter
 }
 
 describe('the fixture and the client through a guard without auth', () => {
-  let guard: TestGuard;
-  beforeAll(async () => {
-    guard = await startTestGuard({ upstream: app.url });
-  });
-  afterAll(async () => {
-    await guard?.close();
-  });
+  const guard = guardPerSuite(() => ({ upstream: app.url }));
 
   it.each(MODES)('%s: connects, events flow both ways', async (_name, transports) => {
-    const { welcome, seen } = await roundTrip(guard.httpUrl, transports);
+    const { welcome, seen } = await roundTrip(guard().httpUrl, transports);
     expect(welcome).toEqual({ sub: null, transport: transports[0] });
     expect(seen.events.map((e) => e.event)).toEqual(['connect', 'echo', 'echo']);
     const kinds = new Set(seen.requests.map((r) => `${r.type}:${r.transport}`));
@@ -88,9 +82,7 @@ describe('the fixture and the client through a guard without auth', () => {
 });
 
 describe('behind a guard with JWT auth (http: auth)', () => {
-  let guard: TestGuard;
-  beforeAll(async () => {
-    guard = await startTestGuard({
+  const guard = guardPerSuite(() => ({
       upstream: app.url,
       auth: { jwt: JWT },
       http: 'auth',
@@ -99,16 +91,12 @@ describe('behind a guard with JWT auth (http: auth)', () => {
         messages: { rate: '100/s', burst: 200 },
         requests: { rate: '100/s', burst: 200, per: 'ip', concurrent: 20, body: '1MiB' },
       },
-    });
-  });
-  afterAll(async () => {
-    await guard?.close();
-  });
+    }));
 
   describe.each(MODES)('%s', (_name, transports) => {
     it('without a token: refused (401), nothing reaches the app', async () => {
       const t = tag();
-      const err = await refused(track(sioClient(guard.httpUrl, t, transports)));
+      const err = await refused(track(sioClient(guard().httpUrl, t, transports)));
       // The first request is refused: the polling handshake GET, or the WebSocket upgrade.
       if (transports[0] === 'polling') expect(err.description).toBe(401);
       else expect(String((err.description as { message?: string })?.message ?? err.description)).toMatch(/\b401\b/);
@@ -118,7 +106,7 @@ describe('behind a guard with JWT auth (http: auth)', () => {
     it('with a bad token: refused (401), nothing reaches the app', async () => {
       const t = tag();
       const forged = (await token()).slice(0, -2) + 'xx';
-      const err = await refused(track(sioClient(guard.httpUrl, t, transports, { extraHeaders: { Authorization: `Bearer ${forged}` } })));
+      const err = await refused(track(sioClient(guard().httpUrl, t, transports, { extraHeaders: { Authorization: `Bearer ${forged}` } })));
       if (transports[0] === 'polling') expect(err.description).toBe(401);
       expect((await app.seen(t)).requests).toEqual([]);
     });
@@ -127,7 +115,7 @@ describe('behind a guard with JWT auth (http: auth)', () => {
       const jwt = await token('alice');
       // A client-supplied X-Auth-Sub is a spoof: the guard replaces it with the token's sub. So is X_Auth_Sub,
       // which python-engineio's environ folds into the same HTTP_X_AUTH_SUB the recipe tells the app to read.
-      const { welcome, seen } = await roundTrip(guard.httpUrl, transports, {
+      const { welcome, seen } = await roundTrip(guard().httpUrl, transports, {
         extraHeaders: { Authorization: `Bearer ${jwt}`, 'X-Auth-Sub': 'mallory', X_Auth_Sub: 'mallory' },
       });
       expect(welcome).toEqual({ sub: 'alice', transport: transports[0] });
@@ -138,7 +126,7 @@ describe('behind a guard with JWT auth (http: auth)', () => {
 
     it('token in the access_token query parameter: events flow both ways, the app sees X-Auth-Sub', async () => {
       const jwt = await token('bob');
-      const { welcome, seen } = await roundTrip(guard.httpUrl, transports, { query: { access_token: jwt } });
+      const { welcome, seen } = await roundTrip(guard().httpUrl, transports, { query: { access_token: jwt } });
       expect(welcome).toEqual({ sub: 'bob', transport: transports[0] });
       for (const r of seen.requests) expect(r.xAuthSub, `${r.type} ${r.method} ${r.transport}`).toBe('bob');
     });
@@ -146,20 +134,14 @@ describe('behind a guard with JWT auth (http: auth)', () => {
 
   it("Socket.IO's own auth payload is not a token the guard sees: refused", async () => {
     const t = tag();
-    const err = await refused(track(sioClient(guard.httpUrl, t, ['polling'], { auth: { token: await token() } })));
+    const err = await refused(track(sioClient(guard().httpUrl, t, ['polling'], { auth: { token: await token() } })));
     expect(err.description).toBe(401);
     expect((await app.seen(t)).requests).toEqual([]);
   });
 });
 
 describe('a token that expires mid-session (the docs/auth.md recipe: a fresh token in socket.io.opts.query)', () => {
-  let guard: TestGuard;
-  beforeAll(async () => {
-    guard = await startTestGuard({ upstream: app.url, auth: { jwt: JWT }, http: 'auth' });
-  });
-  afterAll(async () => {
-    await guard?.close();
-  });
+  const guard = guardPerSuite(() => ({ upstream: app.url, auth: { jwt: JWT }, http: 'auth' }));
 
   it.each([
     ['polling only: the next request after exp gets 401', ['polling'] as Transports, 'transport error'],
@@ -167,7 +149,7 @@ describe('a token that expires mid-session (the docs/auth.md recipe: a fresh tok
   ])('%s; the client reconnects with the fresh token', async (_name, transports, reason) => {
     const t = tag();
     const socket = track(
-      sioClient(guard.httpUrl, t, transports, {
+      sioClient(guard().httpUrl, t, transports, {
         query: { access_token: await token('frank', 3) },
         reconnection: true,
         reconnectionDelay: 100,
@@ -186,43 +168,37 @@ describe('a token that expires mid-session (the docs/auth.md recipe: a fresh tok
     await back;
     expect(socket.id).not.toBe(firstSid);
     expect(await echo(socket, 'renewed')).toEqual({ event: 'renewed', ack: 'renewed' });
-    if (transports[0] === 'polling') expect(guard.logs).toContainEqual(expect.objectContaining({ code: 'TOKEN_EXPIRED', status: 401 }));
-    else expect(guard.logs).toContainEqual(expect.objectContaining({ msg: 'connection closed', user: 'frank', closeCode: 4001 }));
+    if (transports[0] === 'polling') expect(guard().logs).toContainEqual(expect.objectContaining({ code: 'TOKEN_EXPIRED', status: 401 }));
+    else expect(guard().logs).toContainEqual(expect.objectContaining({ msg: 'connection closed', user: 'frank', closeCode: 4001 }));
   }, 15_000);
 });
 
 describe('the message rate limit holds on the websocket transport', () => {
   // The guard counts Engine.IO packets, each a WebSocket message: the CONNECT packet, every event, every pong
   // (one per ping interval), and on an upgrade the probe and the upgrade packet.
-  let guard: TestGuard;
-  beforeAll(async () => {
-    guard = await startTestGuard({
+  const guard = guardPerSuite(() => ({
       upstream: app.url,
       auth: { jwt: JWT },
       limits: { messages: { rate: '1/minute', burst: 10, per: 'connection', onExceed: 'close' } },
-    });
-  });
-  afterAll(async () => {
-    await guard?.close();
-  });
+    }));
 
   it.each([
     ['websocket only', ['websocket'] as Transports],
     ['after the upgrade from polling', ['polling', 'websocket'] as Transports],
   ])('%s: a burst past the limit closes the connection with 1008', async (_name, transports) => {
     const t = tag();
-    const socket = track(sioClient(guard.httpUrl, t, transports, { extraHeaders: { Authorization: `Bearer ${await token('carol')}` } }));
+    const socket = track(sioClient(guard().httpUrl, t, transports, { extraHeaders: { Authorization: `Bearer ${await token('carol')}` } }));
     await connected(socket);
     if (transports.length > 1) await onTransport(socket, 'websocket');
     const gone = new Promise<string>((resolve) => socket.once('disconnect', (reason) => resolve(reason)));
     for (let i = 0; i < 30; i++) socket.emit('echo', i);
     expect(await gone).toBe('transport close');
-    await until(() => guard.logs.some((l) => l.msg === 'connection closed' && l.user === 'carol' && l.reason === 'MESSAGE_RATE'));
-    expect(guard.logs.find((l) => l.msg === 'connection closed' && l.user === 'carol' && l.reason === 'MESSAGE_RATE')).toMatchObject({
+    await until(() => guard().logs.some((l) => l.msg === 'connection closed' && l.user === 'carol' && l.reason === 'MESSAGE_RATE'));
+    expect(guard().logs.find((l) => l.msg === 'connection closed' && l.user === 'carol' && l.reason === 'MESSAGE_RATE')).toMatchObject({
       closeCode: 1008,
       closedBy: 'guard',
     });
-    guard.logs.length = 0;
+    guard().logs.length = 0;
     const echoes = (await app.seen(t)).events.filter((e) => e.event === 'echo');
     expect(echoes.length).toBeGreaterThan(0);
     expect(echoes.length).toBeLessThan(10); // the burst, less the CONNECT packet (and the upgrade's packets)
@@ -231,23 +207,17 @@ describe('the message rate limit holds on the websocket transport', () => {
 });
 
 describe('the request rate holds on the polling transport', () => {
-  let guard: TestGuard;
-  beforeAll(async () => {
-    guard = await startTestGuard({
+  const guard = guardPerSuite(() => ({
       upstream: app.url,
       auth: { jwt: JWT },
       http: 'auth',
       limits: { requests: { rate: '1/minute', burst: 8, per: 'user', concurrent: 20, body: '1MiB' } },
-    });
-  });
-  afterAll(async () => {
-    await guard?.close();
-  });
+    }));
 
   it('polls and posts past the burst get 429 + Retry-After; the session ends; another user is unaffected', async () => {
     const t = tag();
     const jwt = await token('dave');
-    const socket = track(sioClient(guard.httpUrl, t, ['polling'], { extraHeaders: { Authorization: `Bearer ${jwt}` } }));
+    const socket = track(sioClient(guard().httpUrl, t, ['polling'], { extraHeaders: { Authorization: `Bearer ${jwt}` } }));
     await connected(socket);
     const gone = new Promise<string>((resolve) => socket.once('disconnect', (reason) => resolve(reason)));
     // Every emit is a POST (and the answer comes on a poll GET): the burst of 8 runs out within a few.
@@ -260,24 +230,18 @@ describe('the request rate holds on the polling transport', () => {
     expect(seen.requests.length).toBeLessThanOrEqual(8);
     // The next request of the same user is refused before the app: 429 with Retry-After.
     const before = seen.requests.length;
-    const res = await get(`${guard.httpUrl}/socket.io/?EIO=4&transport=polling&tag=${t}`, { authorization: `Bearer ${jwt}` });
+    const res = await get(`${guard().httpUrl}/socket.io/?EIO=4&transport=polling&tag=${t}`, { authorization: `Bearer ${jwt}` });
     expect(res.status).toBe(429);
     expect(Number(res.headers['retry-after'])).toBeGreaterThan(0);
     expect((await app.seen(t)).requests.length).toBe(before);
     // per: user — another user's session from the same address still works.
-    await roundTrip(guard.httpUrl, ['polling'], { extraHeaders: { Authorization: `Bearer ${await token('erin')}` } });
+    await roundTrip(guard().httpUrl, ['polling'], { extraHeaders: { Authorization: `Bearer ${await token('erin')}` } });
   });
 });
 
 describe('an idle polling session survives', () => {
-  let guard: TestGuard;
-  beforeAll(async () => {
-    // Default timeouts on purpose: the long poll must outlive them.
-    guard = await startTestGuard({ upstream: app.url, auth: { jwt: JWT }, http: 'auth' });
-  });
-  afterAll(async () => {
-    await guard?.close();
-  });
+  // Default timeouts on purpose: the long poll must outlive them.
+  const guard = guardPerSuite(() => ({ upstream: app.url, auth: { jwt: JWT }, http: 'auth' }));
 
   it('with a short ping interval (1 s): several ping cycles idle, then events still flow', async () => {
     const fast = await startSocketIoApp({ pingInterval: 1, pingTimeout: 5 });
@@ -304,7 +268,7 @@ describe('an idle polling session survives', () => {
   // the guard's plain-HTTP upstream deadline must let it through (nginx's proxy_read_timeout is 60 s).
   it('[slow, ~30 s] with the default ping interval (25 s): idle 30 s, no 504, then events still flow', async () => {
     const t = tag();
-    const socket = track(sioClient(guard.httpUrl, t, ['polling'], { extraHeaders: { Authorization: `Bearer ${await token()}` } }));
+    const socket = track(sioClient(guard().httpUrl, t, ['polling'], { extraHeaders: { Authorization: `Bearer ${await token()}` } }));
     await connected(socket);
     let dropped: string | undefined;
     socket.once('disconnect', (reason) => (dropped = reason));
@@ -314,7 +278,7 @@ describe('an idle polling session survives', () => {
     const seen = await app.seen(t);
     // The app held a poll ~25 s and answered it 200 (its ping); the client got it and polled again.
     expect(seen.requests.some((r) => r.method === 'GET' && r.status === 200 && (r.ms ?? 0) >= 20_000)).toBe(true);
-    expect(guard.logs.some((l) => l.status === 504)).toBe(false);
+    expect(guard().logs.some((l) => l.status === 504)).toBe(false);
   }, 45_000);
 });
 

@@ -1,3 +1,4 @@
+import { afterAll, beforeAll } from 'vitest';
 import { parseConfig } from '../../src/config/load.js';
 import { MemoryStore } from '../../src/limits/memory-store.js';
 import { GuardEvents } from '../../src/events.js';
@@ -21,6 +22,21 @@ export interface TestGuard {
   /** Every log line the guard wrote, parsed. */
   logs: Record<string, unknown>[];
   close(): Promise<void>;
+}
+
+/**
+ * One guard for the tests of a describe block: started before them with the config `config()` gives then
+ * (values such as an upstream's URL are known only once the file's own setup has run), closed after them.
+ */
+export function guardPerSuite(config: () => Record<string, unknown>): () => TestGuard {
+  let guard: TestGuard | undefined;
+  beforeAll(async () => {
+    guard = await startTestGuard(config());
+  });
+  afterAll(async () => {
+    await guard?.close();
+  });
+  return () => guard!;
 }
 
 /** Starts a guard in this process on 127.0.0.1 with a port of its own, logging at debug into `logs`. */
