@@ -23,28 +23,36 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
+/**
+ * `workers: 2` on a fresh port, with the `admin` config lines for a fresh admin port and any `extra` lines;
+ * resolves once both workers listen.
+ */
+async function startGroup(admin: (adminPort: number) => string[], extra: string[] = [], env: NodeJS.ProcessEnv = {}) {
+  const port = await freePort();
+  const adminPort = await freePort();
+  const file = join(dir, `group-${port}.yaml`);
+  writeFileSync(file, [`listen: 127.0.0.1:${port}`, `upstream: ${upstream.url}`, ...admin(adminPort), 'workers: 2', ...extra, ''].join('\n'));
+  const child = spawn(process.execPath, [bin, '--config', file], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...env } });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  const logs = () => out.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg: string; pid: number });
+  const serving = () => logs().filter((l) => l.msg === 'ws-guard listening').map((l) => l.pid);
+  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+  try {
+    await until(() => serving().length === 2, 15_000, 'two workers');
+  } catch (err) {
+    child.kill('SIGKILL');
+    throw err;
+  }
+  return { child, port, adminPort, logs, serving, exited };
+}
+
 describe('workers: 2', () => {
   it('share one port; total 4 holds exactly for the group; SIGTERM drains every worker and exits 0', async () => {
-    const port = await freePort();
-    const adminPort = await freePort();
-    const file = join(dir, 'workers.yaml');
-    writeFileSync(file, [
-      `listen: 127.0.0.1:${port}`,
-      `upstream: ${upstream.url}`,
-      `admin: 127.0.0.1:${adminPort}`,
-      'workers: 2',
-      'limits: { connections: { total: 4 } }',
-      '',
-    ].join('\n'));
-    const child = spawn(process.execPath, [bin, '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    const logs = () => out.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg: string; pid: number });
+    const { child, port, adminPort, serving, exited } = await startGroup((p) => [`admin: 127.0.0.1:${p}`], ['limits: { connections: { total: 4 } }']);
     const sockets: WebSocket[] = [];
     try {
-      await until(() => logs().filter((l) => l.msg === 'ws-guard listening').length === 2, 15_000, 'two workers');
-      const pids = new Set(logs().filter((l) => l.msg === 'ws-guard listening').map((l) => l.pid));
-      expect(pids.size).toBe(2);
+      expect(new Set(serving()).size).toBe(2);
 
       for (let i = 0; i < 4; i++) sockets.push(await open(`ws://127.0.0.1:${port}/ws/echo`));
       for (let i = 0; i < 3; i++) {
@@ -64,7 +72,6 @@ describe('workers: 2', () => {
       }, 5000, 'a slot to come back');
 
       const closes = sockets.map((ws) => closed(ws));
-      const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
       child.kill('SIGTERM');
       expect((await Promise.all(closes)).map((c) => c.code)).toEqual([1001, 1001, 1001, 1001]);
       expect(await exited).toBe(0);
@@ -76,27 +83,17 @@ describe('workers: 2', () => {
 });
 
 describe('workers: 2, one of them misbehaving', () => {
-  async function startGroup() {
-    const port = await freePort();
-    const adminPort = await freePort();
-    const file = join(dir, `group-${port}.yaml`);
-    writeFileSync(file, `listen: 127.0.0.1:${port}\nupstream: ${upstream.url}\nadmin: 127.0.0.1:${adminPort}\nworkers: 2\n`);
-    const child = spawn(process.execPath, [bin, '--config', file], { stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    const logs = () => out.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg: string; pid: number });
-    const serving = () => logs().filter((l) => l.msg === 'ws-guard listening').map((l) => l.pid);
-    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
-    await until(() => serving().length === 2, 15_000, 'two workers');
+  async function startPlainGroup() {
+    const group = await startGroup((p) => [`admin: 127.0.0.1:${p}`]);
     const get = async (path: string) => {
-      const res = await fetch(`http://127.0.0.1:${adminPort}${path}`);
+      const res = await fetch(`http://127.0.0.1:${group.adminPort}${path}`);
       return { status: res.status, body: await res.text() };
     };
-    return { child, port, logs, serving, exited, get };
+    return { ...group, get };
   }
 
   it('a scrape while one worker does not answer: 503 naming it, the primary lives on; after SIGCONT all works and SIGTERM exits 0', async () => {
-    const group = await startGroup();
+    const group = await startPlainGroup();
     const [stopped, other] = group.serving() as [number, number];
     try {
       process.kill(stopped, 'SIGSTOP');
@@ -127,7 +124,7 @@ describe('workers: 2, one of them misbehaving', () => {
   });
 
   it('a worker that crashes while serving is replaced; crashing again and again stops the group with exit 1', async () => {
-    const group = await startGroup();
+    const group = await startPlainGroup();
     try {
       // Five replacements are allowed within a minute; the sixth crash is a loop.
       for (let crash = 1; crash <= 6; crash++) {
@@ -149,29 +146,13 @@ describe('workers: 2, one of them misbehaving', () => {
 // and ban to both over IPC.
 describe('admin /connections with workers: 2', () => {
   it('lists the connections of both workers, closes by id and by ip in both, and a ban holds in both', async () => {
-    const port = await freePort();
-    const adminPort = await freePort();
-    const file = join(dir, 'workers.yaml');
-    writeFileSync(file, [
-      `listen: 127.0.0.1:${port}`,
-      `upstream: ${upstream.url}`,
-      'admin:',
-      `  listen: 127.0.0.1:${adminPort}`,
-      '  token: ${ADMIN_TOKEN}',
-      'workers: 2',
-      '',
-    ].join('\n'));
-    const child = spawn(process.execPath, [bin, '--config', file], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ADMIN_TOKEN } });
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    const listening = () => out.split('\n').filter((l) => l.includes('"ws-guard listening"')).length;
+    const { child, port, adminPort, exited } = await startGroup((p) => ['admin:', `  listen: 127.0.0.1:${p}`, '  token: ${ADMIN_TOKEN}'], [], { ADMIN_TOKEN });
     const admin = async (path: string, method = 'GET') => {
       const res = await fetch(`http://127.0.0.1:${adminPort}${path}`, { method, headers: { Authorization: `Bearer ${ADMIN_TOKEN}` } });
       return { status: res.status, body: (await res.json()) as any };
     };
     const sockets: WebSocket[] = [];
     try {
-      await until(() => listening() === 2, 15_000, 'two workers');
       for (let i = 0; i < 4; i++) sockets.push(await open(`ws://127.0.0.1:${port}/ws/echo`));
 
       let connections: { id: number; ip: string }[] = [];
@@ -194,7 +175,6 @@ describe('admin /connections with workers: 2', () => {
         expect(refused).toMatchObject({ status: 403, headers: { 'x-ws-guard-error': 'BANNED' } });
       }
 
-      const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
       child.kill('SIGTERM');
       expect(await exited).toBe(0);
     } finally {
