@@ -5,7 +5,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ERRORS } from '../src/errors.js';
 import { nextMessage, open } from './helpers/clients.js';
 import { startTestGuard, until, type TestGuard } from './helpers/guard.js';
-import { Op, closePayload, frame, rawConnect, upgradeRequest, type Frame, type RawConn } from './helpers/raw.js';
+import { Op, closePayload, frame, rawConnect, untilClose, upgradeRequest, type Frame, type RawConn } from './helpers/raw.js';
 import { startUpstream, type Upstream } from './helpers/upstream.js';
 
 let upstream: Upstream;
@@ -35,15 +35,6 @@ async function upgraded(g: TestGuard, t: string): Promise<RawConn> {
   conn.write(upgradeRequest(`/ws/echo?tag=${t}`));
   expect((await conn.readHttpResponse()).status).toBe(101);
   return conn;
-}
-
-async function untilClose(conn: RawConn): Promise<{ frames: Frame[]; close: Frame }> {
-  const frames: Frame[] = [];
-  for (;;) {
-    const f = await conn.readFrame();
-    if (f.opcode === Op.CLOSE) return { frames, close: f };
-    frames.push(f);
-  }
 }
 
 async function upstreamCloseCode(t: string): Promise<number> {

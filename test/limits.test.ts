@@ -10,7 +10,7 @@ import { parseConfig } from '../src/config/load.js';
 import { ERRORS } from '../src/errors.js';
 import { closed, freePort, nextMessage, open } from './helpers/clients.js';
 import { startTestGuard, until, type TestGuard } from './helpers/guard.js';
-import { Op, RawConn, acceptFor, frame, upgradeRequest, type Frame } from './helpers/raw.js';
+import { Op, RawConn, acceptFor, frame, untilClose, upgradeRequest, type Frame } from './helpers/raw.js';
 import { startUpstream, type Upstream } from './helpers/upstream.js';
 
 /*
@@ -74,16 +74,6 @@ async function rawSocket(port: number, localAddress?: string): Promise<RawConn> 
   const conn = new RawConn(socket);
   cleanups.push(() => conn.destroy());
   return conn;
-}
-
-/** Frames up to and including the close frame; each read is bounded by readFrame's own timeout. */
-async function untilClose(conn: RawConn): Promise<{ frames: Frame[]; close: Frame }> {
-  const frames: Frame[] = [];
-  for (;;) {
-    const f = await conn.readFrame();
-    if (f.opcode === Op.CLOSE) return { frames, close: f };
-    frames.push(f);
-  }
 }
 
 const seen = (t: string) => upstream.seen(t);

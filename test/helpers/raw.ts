@@ -354,3 +354,13 @@ export function closePayload(code: number, reason: string | Buffer = ''): Buffer
   head.writeUInt16BE(code);
   return Buffer.concat([head, typeof reason === 'string' ? Buffer.from(reason, 'utf8') : reason]);
 }
+
+/** Frames up to and including the close frame; each read is bounded by readFrame's own timeout. */
+export async function untilClose(conn: RawConn): Promise<{ frames: Frame[]; close: Frame }> {
+  const frames: Frame[] = [];
+  for (;;) {
+    const f = await conn.readFrame();
+    if (f.opcode === Op.CLOSE) return { frames, close: f };
+    frames.push(f);
+  }
+}
