@@ -36,6 +36,7 @@ const DEFAULTS = {
   'big-depth': 4,
   'idle-conns': 5000,
   'idle-settle': 2, // s to let the proxy settle before each RSS reading
+  'idle-reps': 1, // repetitions of row f, setups interleaved (each opens a fresh proxy, so they are dear)
   'http-conns': 50, // keep-alive connections for row g, one request in flight on each
   'http-rate': 0, // offered req/s for row g; 0: saturation (each answer is followed at once by the next request)
   'hs-rate': 200, // offered upgrades/s for row h; 0: closed loop (--hs-conns connections at all times)
@@ -55,15 +56,26 @@ const DEFAULTS = {
   build: false, // run `npx tsc -p tsconfig.build.json` first
   tests: 'a,b,c,d,e,f,g,h,i', // subset of rows to run (c comes with a)
   quick: false,
+  targets: false, // issue 13's preset (TARGETS) and its Targets table
 };
 const SETUPS = ['direct', 'ws-guard', 'policies', 'policies+redis', 'nginx'];
-const QUICK = { reps: 1, duration: 1.2, warmup: 0.5, 'idle-conns': 1000, 'idle-settle': 0.5 };
+const QUICK = { reps: 1, duration: 1.2, warmup: 0.5, 'idle-conns': 1000, 'idle-settle': 0.5, 'idle-reps': 1 };
+/**
+ * `npm run bench:targets`: the rows issue 13 sets targets on (its "g", the reconnect storm, is our row i),
+ * with nginx beside them and direct as the load core's own ceiling. Five repetitions, because the policies
+ * target (+5 %) is far inside one run's noise (±25 %); about 7 minutes on the 2-core VM. No --guard-env:
+ * row b's target is for ws-guard as a user starts it.
+ */
+const TARGETS = { tests: 'a,b,e,f,i', setups: 'direct,ws-guard,policies,nginx', reps: 5, 'idle-reps': 3 };
 
-const HELP = `Usage: node bench/run.mjs [--quick] [--flag value ...]   (npm run bench -- --quick)
+const flagList = (preset) => Object.entries(preset).map(([k, v]) => `--${k} ${v}`).join(', ');
+const HELP = `Usage: node bench/run.mjs [--quick] [--targets] [--flag value ...]   (npm run bench -- --quick)
 
 Compares client -> upstream (direct), client -> ws-guard -> upstream and client -> nginx -> upstream.
 Flags (defaults in brackets):
-  --quick               ~75 s smoke run (${Object.entries(QUICK).map(([k, v]) => `--${k} ${v}`).join(', ')})
+  --quick               ~75 s smoke run (${flagList(QUICK)})
+  --targets             issue 13's targets (npm run bench:targets): ${flagList(TARGETS)};
+                        ends with a Targets table: each figure, its ratio to nginx (policies: to ws-guard), met or not
   --setups LIST         comma list of ${SETUPS.join(',')} [${DEFAULTS.setups}]
                         (policies: ws-guard with JWT-authenticated connections, message rate and size limits,
                         connection and handshake limits, idle timeout, all set high enough never to refuse;
@@ -83,6 +95,7 @@ Flags (defaults in brackets):
   --big-depth N         messages in flight per connection for row e [${DEFAULTS['big-depth']}]
   --idle-conns N        idle connections for row f [${DEFAULTS['idle-conns']}]
   --idle-settle S       settle time before each RSS reading [${DEFAULTS['idle-settle']}]
+  --idle-reps N         repetitions of row f, a fresh proxy each (median shown) [${DEFAULTS['idle-reps']}]
   --http-conns N        keep-alive connections for row g, one request in flight each [${DEFAULTS['http-conns']}]
   --http-rate N         offered req/s for row g; 0 = saturation [${DEFAULTS['http-rate']}]
   --hs-rate N           offered upgrades/s for row h; 0 = closed loop [${DEFAULTS['hs-rate']}]
@@ -136,6 +149,8 @@ function parseArgs(argv) {
     }
     given[arg] = value;
   }
+  // --quick shortens the targets preset too; flags given on the command line win over both.
+  if (given.targets) Object.assign(opts, TARGETS);
   if (given.quick) Object.assign(opts, QUICK);
   Object.assign(opts, given);
   opts.setups = String(opts.setups).split(',').map((s) => s.trim()).filter(Boolean);
@@ -499,6 +514,9 @@ async function runLoad(params) {
   return JSON.parse(line);
 }
 
+/** The setups in the order of repetition `rep`: rotated by one each time, so none always goes first. */
+const rotated = (setups, rep) => setups.map((_, i) => setups[(i + rep) % setups.length]);
+
 /** Median of each numeric field over repeated runs (each field on its own); `runs` keeps the raw runs. */
 function summarize(runs) {
   const out = { runs };
@@ -542,8 +560,7 @@ async function benchLoad(results, tests, upstreamKind) {
     for (const [key, , label, params] of tests) {
       const runs = Object.fromEntries(opts.setups.map((s) => [s, []]));
       for (let rep = 0; rep < opts.reps; rep++) {
-        const order = opts.setups.map((_, i) => opts.setups[(i + rep) % opts.setups.length]);
-        for (const setup of order) {
+        for (const setup of rotated(opts.setups, rep)) {
           log(`${label}, ${upstreamKind} upstream: ${setup} (${rep + 1}/${opts.reps})`);
           const { logFile, ...where } = targets[setup];
           const downsBefore = storeDowns(logFile);
@@ -578,26 +595,35 @@ const SATURATION_TESTS = [
   ['big', ['e'], `e throughput ${opts['big-conns']} conns x ${opts['big-depth']} in flight, ${opts['big-size']} B`, { mode: 'pipe', size: opts['big-size'], conns: opts['big-conns'], depth: opts['big-depth'] }],
 ];
 
-/** Row f: a fresh proxy process per setup, so the "before" RSS is not inflated by the load tests. */
+/**
+ * Row f: a fresh proxy process per setup and repetition, so the "before" RSS is not inflated by the load
+ * tests or by the previous repetition; setups interleaved as in benchLoad.
+ */
 async function benchIdle(results) {
-  for (const setup of opts.setups) {
-    if (setup === 'direct') continue;
-    const upstream = await startUpstream();
-    try {
-      const store = setup === 'policies+redis' ? await startRedis() : null;
-      const { logFile, storePids, storePort, ...where } = await target(setup, upstream, store);
-      log(`f ${opts['idle-conns']} idle connections: ${setup}`);
-      results[setup].idle = await runLoad({
-        ...where,
-        mode: 'idle',
-        conns: opts['idle-conns'],
-        concurrency: 100,
-        settleMs: opts['idle-settle'] * 1000,
-      });
-    } finally {
-      for (const proc of [...started]) await stop(proc);
+  const setups = opts.setups.filter((setup) => setup !== 'direct');
+  const runs = Object.fromEntries(setups.map((s) => [s, []]));
+  for (let rep = 0; rep < opts['idle-reps']; rep++) {
+    for (const setup of rotated(setups, rep)) {
+      const upstream = await startUpstream();
+      try {
+        const store = setup === 'policies+redis' ? await startRedis() : null;
+        const { logFile, storePids, storePort, ...where } = await target(setup, upstream, store);
+        log(`f ${opts['idle-conns']} idle connections: ${setup} (${rep + 1}/${opts['idle-reps']})`);
+        runs[setup].push(
+          await runLoad({
+            ...where,
+            mode: 'idle',
+            conns: opts['idle-conns'],
+            concurrency: 100,
+            settleMs: opts['idle-settle'] * 1000,
+          }),
+        );
+      } finally {
+        for (const proc of [...started]) await stop(proc);
+      }
     }
   }
+  for (const setup of setups) results[setup].idle = summarize(runs[setup]);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -648,8 +674,6 @@ function table(results) {
     [`i. reconnect storm, ${fmt.int(opts['storm-conns'])} at once: upgrades/s, failures`, (r) => (r.storm ? `${fmt.int(r.storm.upgradesPerS)}, ${fmt.int(r.storm.failed)}` : '-')],
     ['i. proxy CPU µs per upgrade in the storm', (r) => fmt.us(r.storm?.proxyUsPerMsg)],
   ];
-  const range = (r, f) => (r ? `${f(r.min)}–${f(r.max)}` : '-');
-  const mm = (v, key) => (v ? { min: v[`${key}Min`], max: v[`${key}Max`] } : null);
   const extra = [
     [`   a / b range over ${opts.reps} reps`, (r) => `${range(mm(r.small, 'proxyUsPerMsg'), fmt.us)} / ${range(mm(r.mid, 'proxyUsPerMsg'), fmt.us)}`],
     ['   a / b achieved msg/s', (r) => `${fmt.int(r.small?.achievedRate)} / ${fmt.int(r.mid?.achievedRate)}`],
@@ -665,6 +689,7 @@ function table(results) {
     ['   d / e proxy CPU µs/msg', (r) => `${fmt.us(r.sat?.proxyUsPerMsg)} / ${fmt.us(r.big?.proxyUsPerMsg)}`],
     ['   e proxy CPU in kernel, page faults/msg', (r) => (r.big?.proxySysShare == null ? '-' : `${fmt.pct(r.big.proxySysShare)}, ${r.big.proxyFaultsPerMsg.toFixed(2)}`)],
     ['   f RSS KiB before -> after', (r) => (r.idle ? `${fmt.int(r.idle.rssBeforeKiB)} -> ${fmt.int(r.idle.rssAfterKiB)}` : '-')],
+    [`   f range over ${opts['idle-reps']} reps`, (r) => range(mm(r.idle, 'kibPerConn'), fmt.kib)],
     [`   g req/s / µs/req range over ${opts.reps} reps`, (r) => `${range(mm(r.http, 'reqPerS'), fmt.int)} / ${range(mm(r.http, 'proxyUsPerMsg'), fmt.us)}`],
     ['   g proxy core / upstream+load core busy', (r) => `${fmt.pct(r.http?.proxyBusy)} / ${fmt.pct(r.http?.core1Busy)}`],
     ['   g upstream conns opened per 1,000 req', (r) => (r.http?.upstreamConnsPerReq == null ? '-' : (r.http.upstreamConnsPerReq * 1000).toFixed(1))],
@@ -688,13 +713,70 @@ function table(results) {
     }
     return out;
   };
-  const all = [...rows, ['', null], ...extra].filter(([label]) => label === '' || letters(label).some((l) => ran.has(l)));
-  const data = all.map(([label, f]) => [label, ...cols.map((c) => (f ? cell(c, f) : ''))]);
-  const header = ['', ...cols];
+  const data = [...rows, ...extra].filter(([label]) => letters(label).some((l) => ran.has(l))).map(([label, f]) => [label, ...cols.map((c) => cell(c, f))]);
+  return grid(['', ...cols], data);
+}
+
+/** A markdown table: the first column left-aligned, the others right-aligned unless `left` names them. */
+function grid(header, data, left = [0]) {
   const widths = header.map((h, i) => Math.max(h.length, ...data.map((row) => row[i].length)));
-  const line = (row) => `| ${row.map((v, i) => (i === 0 ? v.padEnd(widths[i]) : v.padStart(widths[i]))).join(' | ')} |`;
-  const sep = `|${widths.map((w, i) => (i === 0 ? '-'.repeat(w + 2) : `${'-'.repeat(w + 1)}:`)).join('|')}|`;
-  return [line(header), sep, ...data.filter((r) => r[0] !== '').map(line)].join('\n');
+  const line = (row) => `| ${row.map((v, i) => (left.includes(i) ? v.padEnd(widths[i]) : v.padStart(widths[i]))).join(' | ')} |`;
+  const sep = `|${widths.map((w, i) => (left.includes(i) ? '-'.repeat(w + 2) : `${'-'.repeat(w + 1)}:`)).join('|')}|`;
+  return [line(header), sep, ...data.map(line)].join('\n');
+}
+
+const range = (r, f) => (r ? `${f(r.min)}–${f(r.max)}` : '-');
+const mm = (v, key) => (v ? { min: v[`${key}Min`], max: v[`${key}Max`] } : null);
+
+/**
+ * Issue 13's targets, read from this run alone: each figure's median and range, the same for what it is
+ * held against (nginx; for the policies column, bare ws-guard on rows a and b), their ratio, and the verdict.
+ * `bound` is on the ratio, or with `absolute` on the figure itself; without a bound the figure is reported.
+ */
+function targets(results) {
+  const by = Object.fromEntries(results.map((r) => [r.setup, r]));
+  const a = `${opts['small-size']} B @ ${fmt.int(opts.rate)} msg/s`;
+  const b = `${opts['mid-size']} B @ ${fmt.int(opts.rate)} msg/s`;
+  const env = opts['guard-env'] ? ` (--guard-env ${opts['guard-env']}: not the no-env figure)` : ', no env set';
+  const spec = [
+    { row: `a. proxy CPU µs/msg, ${a}`, setup: 'ws-guard', key: 'small', field: 'proxyUsPerMsg', f: fmt.us, target: '≤ 1.2× nginx', bound: 1.2 },
+    { row: `b. proxy CPU µs/msg, ${b}${env}`, setup: 'ws-guard', key: 'mid', field: 'proxyUsPerMsg', f: fmt.us, target: '≤ 1.0× nginx', bound: 1 },
+    { row: `e. MB/s echoed, ${opts['big-size'] / 1024} KiB msgs`, setup: 'ws-guard', key: 'big', field: 'mbPerS', f: fmt.mb, target: '≥ 1.0× nginx', bound: 1, atLeast: true },
+    { row: `f. RSS KiB per idle conn (${fmt.int(opts['idle-conns'])} conns)`, setup: 'ws-guard', key: 'idle', field: 'kibPerConn', f: fmt.kib, target: '≤ 6 KiB', bound: 6, absolute: true },
+    { row: `i. (issue's g) storm of ${fmt.int(opts['storm-conns'])}: JWT (HS256) upgrades/s`, setup: 'policies', key: 'storm', field: 'upgradesPerS', f: fmt.int, target: 'report vs nginx plain' },
+    { row: `i. (issue's g) storm: upgrades without a 101, all ${opts.reps} reps`, setup: 'policies', key: 'storm', field: 'failed', f: fmt.int, target: '0', bound: 0, absolute: true, total: true },
+    ...[['a', 'small', a], ['b', 'mid', b]].map(([l, key, what]) => ({
+      row: `policies column, row ${l}: proxy CPU µs/msg, ${what}`,
+      setup: 'policies',
+      key,
+      field: 'proxyUsPerMsg',
+      f: fmt.us,
+      against: 'ws-guard',
+      target: '≤ +5 % over ws-guard',
+      bound: 1.05,
+    })),
+  ];
+  return spec.map((t) => {
+    const against = t.against ?? 'nginx';
+    const figure = (setup) => {
+      const v = by[setup]?.[t.key];
+      if (v?.[t.field] == null) return { cell: '-' };
+      return { value: v[t.field], cell: t.total ? fmt.int(v[t.field]) : `${t.f(v[t.field])} (${range(mm(v, t.field), t.f)})` };
+    };
+    const mine = figure(t.setup);
+    const theirs = figure(against);
+    const ratio = mine.value != null && theirs.value ? mine.value / theirs.value : null;
+    const judged = t.absolute ? mine.value : ratio;
+    let verdict = 'reported';
+    if (t.bound !== undefined) verdict = judged == null ? 'n/a' : (t.atLeast ? judged >= t.bound : judged <= t.bound) ? 'met' : 'not met';
+    const shown = ratio == null ? '-' : t.against ? `${ratio >= 1 ? '+' : '−'}${Math.abs((ratio - 1) * 100).toFixed(1)} % vs ${against}` : `${ratio.toFixed(2)}× ${against}`;
+    return { row: t.row, setup: t.setup, value: mine.value, figure: mine.cell, against, reference: `${against} ${theirs.cell}`, ratio, shown, target: t.target, verdict };
+  });
+}
+
+function targetsTable(rows) {
+  const header = ['issue 13 target', 'setup', 'median (range)', 'held against: median (range)', 'ratio', 'target', 'verdict'];
+  return grid(header, rows.map((t) => [t.row, t.setup, t.figure, t.reference, t.shown, t.target, t.verdict]), [0, 1, 5, 6]);
 }
 
 function warnings(results) {
@@ -713,8 +795,8 @@ function warnings(results) {
         if (v.notOk > 0) out.push(`${r.setup} ${k}: ${v.notOk} answer(s) not 200 (first: ${v.runs?.find((x) => x.firstNotOk)?.firstNotOk})`);
         if (v.upstreamConnsPerReq > 0.01) out.push(`${r.setup} ${k}: ${(v.upstreamConnsPerReq * 1000).toFixed(0)} new upstream connections per 1,000 requests (not kept alive)`);
         if (v.reconnects > 0) out.push(`${r.setup} ${k}: ${v.reconnects} keep-alive connection(s) closed and reopened`);
-        if (v.stillEchoing !== undefined && v.stillEchoing !== v.conns) {
-          out.push(`${r.setup} ${k}: only ${v.stillEchoing}/${v.conns} idle connections still echoed`);
+        if (v.stillEchoingMin !== undefined && v.stillEchoingMin !== v.conns) {
+          out.push(`${r.setup} ${k}: only ${v.stillEchoingMin}/${v.conns} idle connections still echoed (worst repetition)`);
         }
       }
     }
@@ -743,7 +825,7 @@ function machine() {
   const cpus = os.cpus();
   return {
     node: process.version,
-    nginx: nginx.replace(/^nginx version: /, ''),
+    nginx: nginx.replace(/^nginx version: (nginx\/)?/, ''),
     redis,
     cpus: `${cpus.length} x ${cpus[0]?.model ?? '?'}`,
     kernel: os.release(),
@@ -812,13 +894,20 @@ async function main() {
     'node:http (30 B answers, keep-alive) for g' +
     (opts.setups.includes('policies+redis') ? `; policies+redis store.batch ${opts['redis-batch'] || 'auto (default)'}` : '') +
     (opts.tests.includes('h') ? `; row h: ${HS_LOAD}` : '');
-  process.stdout.write(
-    `\nws-guard bench — node ${info.node}, nginx ${info.nginx}, ${info.cpus}, Linux ${info.kernel}\n${settings}\n\n${table(results)}\n`,
-  );
+  const host = `node ${info.node}, nginx ${info.nginx}, ${info.cpus}, Linux ${info.kernel}`;
+  process.stdout.write(`\nws-guard bench — ${host}\n${settings}\n\n${table(results)}\n`);
   const warn = warnings(results);
   if (warn.length) process.stdout.write(`\nwarnings:\n${warn.map((w) => `  - ${w}`).join('\n')}\n`);
   process.stdout.write(`\n(${seconds.toFixed(0)} s)\n`);
-  if (opts.json) writeFileSync(opts.json, `${JSON.stringify({ machine: info, opts, results }, null, 2)}\n`);
+  const goals = opts.targets ? targets(results) : undefined;
+  if (goals) {
+    process.stdout.write(
+      `\nTargets (issue 13) — ${host}; ws-guard ${opts.guard}${opts['guard-env'] ? ` with ${opts['guard-env']}` : ', no environment added'}\n` +
+        `medians of ${opts.reps} interleaved rep(s) (row f: ${opts['idle-reps']}), range min–max; ratios of the medians, all from this run\n\n` +
+        `${targetsTable(goals)}\n`,
+    );
+  }
+  if (opts.json) writeFileSync(opts.json, `${JSON.stringify({ machine: info, opts, results, targets: goals }, null, 2)}\n`);
 }
 
 main()
