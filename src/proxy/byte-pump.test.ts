@@ -26,6 +26,10 @@ class FakeSocket extends EventEmitter {
     this.paused = false;
     return this;
   }
+  /** Nothing was buffered before the pump started. */
+  read(): null {
+    return null;
+  }
   get sent(): Buffer {
     return Buffer.concat(this.written);
   }
@@ -59,6 +63,7 @@ function setup(limits?: Partial<MessageLimits>, compressed = false) {
     pumpStopped: (p) => stops.push(p),
     pumpFailed: (err) => faults.push(err),
   });
+  pump.start(Buffer.alloc(0));
   return { clock, from, to, pump, inspector, stops, faults };
 }
 

@@ -2,6 +2,7 @@ import type { Socket } from 'node:net';
 import { FORWARD, MEASURE, WAIT, type FrameInspector } from '../frames/inspector.js';
 import type { Clock, Timer } from './clock.js';
 import type { CompressedGate } from './compressed-gate.js';
+import { readPooled } from './socket-reads.js';
 
 // Why a pump does not read its source; it reads again once no reason is left (design.md §2: backpressure).
 /** The other socket's buffer is full, until its 'drain'. */
@@ -53,17 +54,44 @@ export class BytePump {
     this.gate = gate;
     this.clock = clock;
     this.events = events;
-    from.on('data', (chunk: Buffer) => this.receive(chunk));
     to.on('drain', () => this.resumeFor(FULL));
   }
 
-  /** Every chunk from outside enters here (and the bytes that came with the handshake): a fault ends this connection, never the process. */
-  receive(chunk: Buffer): void {
+  /**
+   * Starts pumping: `head` (the bytes that came with the handshake) first, then what the socket buffered
+   * while the connection was set up, then every read, in the order they came.
+   */
+  start(head: Buffer): void {
+    const buffered = this.from.read() as Buffer | null;
+    const first = buffered === null ? head : head.length === 0 ? buffered : Buffer.concat([head, buffered]);
+    if (!readPooled(this.from, (chunk) => this.receivePooled(chunk))) this.from.on('data', (chunk: Buffer) => this.receive(chunk));
+    if (first.length > 0) this.receive(first);
+    if (this.paused === 0 && !this.from.destroyed) this.from.resume();
+  }
+
+  /** Every chunk from outside enters here: a fault ends this connection, never the process. */
+  private receive(chunk: Buffer): void {
     try {
       this.forward(chunk);
     } catch (err) {
       this.events.pumpFailed(err);
     }
+  }
+
+  /**
+   * A read in a reused buffer (socket-reads.ts): true when nothing refers to the chunk any more, so its bytes
+   * may be overwritten by the next read. That takes all of it written through to the kernel (nothing queued
+   * on the other socket: a queued write still points at these bytes) and nothing of it kept back by a
+   * throttle, a measurement or the compressed-message gate.
+   */
+  private receivePooled(chunk: Buffer): boolean {
+    try {
+      this.forward(chunk);
+    } catch (err) {
+      this.events.pumpFailed(err);
+      return false;
+    }
+    return this.held === null && (this.gate === null || !this.gate.holding) && this.to.writableLength === 0;
   }
 
   /** The hold budget has room again (compressed-gate.ts). */

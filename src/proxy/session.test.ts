@@ -1,20 +1,9 @@
-import net from 'node:net';
 import { once } from 'node:events';
 import { describe, expect, it } from 'vitest';
 import { ManualClock } from '../../test/helpers/manual-clock.js';
+import { tcpPair as pair } from '../../test/helpers/raw.js';
 import { HoldBudget } from '../limits/hold-budget.js';
 import { Session, type SessionEnd } from './session.js';
-
-/** Two connected TCP sockets on 127.0.0.1: the guard's end and the peer's. */
-async function pair(): Promise<{ ours: net.Socket; theirs: net.Socket; close: () => void }> {
-  const server = net.createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const ours = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
-  const [theirs] = (await once(server, 'connection')) as [net.Socket];
-  await once(ours, 'connect');
-  return { ours, theirs, close: () => server.close() };
-}
 
 describe('Session', () => {
   it('ends (and so gives its slot back) even when a leg closed before the session was built', async () => {

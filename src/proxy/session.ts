@@ -120,8 +120,8 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> implements Pump
     if (options.maxLifetimeMs !== undefined) {
       this.lifetimeTimer = this.clock.setTimeout(() => this.close('MAX_LIFETIME', 'maximum lifetime reached'), options.maxLifetimeMs);
     }
-    if (options.upstreamHead.length > 0) this.toClient.receive(options.upstreamHead);
-    if (options.clientHead.length > 0) this.toUpstream.receive(options.clientHead);
+    this.toClient.start(options.upstreamHead);
+    this.toUpstream.start(options.clientHead);
     // A client FIN that came before the session existed (while the token was verified, a JWKS fetched or
     // the upstream dialled) was emitted as 'end' to nobody, and http.Server sockets are half-open, so no
     // 'close' follows either: without this the session, its connection slot and the upstream leg would

@@ -4,6 +4,7 @@
  * that a conforming implementation would refuse to send or would hide.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
 import net from 'node:net';
 
 const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
@@ -363,4 +364,15 @@ export async function untilClose(conn: RawConn): Promise<{ frames: Frame[]; clos
     if (f.opcode === Op.CLOSE) return { frames, close: f };
     frames.push(f);
   }
+}
+
+/** Two connected TCP sockets on 127.0.0.1: the guard's end (`ours`) and the peer's (`theirs`). */
+export async function tcpPair(): Promise<{ ours: net.Socket; theirs: net.Socket; close: () => void }> {
+  const server = net.createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const ours = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
+  const [theirs] = (await once(server, 'connection')) as [net.Socket];
+  await once(ours, 'connect');
+  return { ours, theirs, close: () => server.close() };
 }
