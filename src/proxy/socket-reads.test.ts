@@ -4,8 +4,9 @@ import type { Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import { frame, tcpPair } from '../../test/helpers/raw.js';
+import { MESSAGE_OK } from '../frames/inspector.js';
 import { HoldBudget } from '../limits/hold-budget.js';
-import { Session } from './session.js';
+import { Session, type SessionOptions } from './session.js';
 
 /** The socket reads into the shared landing buffer (socket-reads.ts) instead of emitting 'data'. */
 function readsPooled(socket: Socket): boolean {
@@ -14,12 +15,12 @@ function readsPooled(socket: Socket): boolean {
 }
 
 /** A session between two real TCP pairs: the test holds the client's and the app's ends. */
-async function proxied(id: number) {
+async function proxied(id: number, messageLimits?: SessionOptions['messageLimits']) {
   const client = await tcpPair();
   const upstream = await tcpPair();
   const session = new Session({
     id, client: client.ours, upstream: upstream.ours, clientHead: Buffer.alloc(0), upstreamHead: Buffer.alloc(0),
-    compressed: false, closeTimeoutMs: 1000, expiresAt: undefined, messageLimits: undefined, clientNoContextTakeover: false,
+    compressed: false, closeTimeoutMs: 1000, expiresAt: undefined, messageLimits, clientNoContextTakeover: false,
     idleTimeoutMs: undefined, maxLifetimeMs: undefined, holdBudget: new HoldBudget(1 << 20),
   });
   return {
@@ -93,6 +94,39 @@ describe('pooled socket reads', () => {
     expect(Buffer.concat(slowGot.chunks).equals(slowBytes)).toBe(true);
 
     await slow.close();
+    await busy.close();
+  }, 60_000);
+
+  it('keep the rest of a read a throttle holds back while other connections read on', async () => {
+    // Every other message waits 20 ms for its token, so the rest of the read it came in is kept meanwhile.
+    let started = 0;
+    const onMessageStart = () => (started++ % 2 === 0 ? MESSAGE_OK : 20);
+    const throttled = await proxied(3, { maxMessageBytes: Infinity, maxFragments: Infinity, onMessageStart, onControlFrame: null });
+    const busy = await proxied(4);
+    const throttledGot = received(throttled.app);
+    const busyGot = received(busy.app);
+    expect([throttled.pooled, busy.pooled]).toEqual([true, true]);
+
+    const sentThrottled: Buffer[] = [];
+    const sentBusy: Buffer[] = [];
+    for (let i = 0; i < 20; i++) {
+      const pairOfMessages = Buffer.concat(randomFrames(2, 1024));
+      sentThrottled.push(pairOfMessages);
+      throttled.client.write(pairOfMessages);
+      for (const f of randomFrames(16, 4096)) {
+        sentBusy.push(f);
+        busy.client.write(f);
+      }
+      await sleep(5);
+    }
+    const throttledBytes = Buffer.concat(sentThrottled);
+    const busyBytes = Buffer.concat(sentBusy);
+    await until(() => busyGot.length >= busyBytes.length && throttledGot.length >= throttledBytes.length, 'both connections');
+    expect(started).toBeGreaterThanOrEqual(40);
+    expect(Buffer.concat(busyGot.chunks).equals(busyBytes)).toBe(true);
+    expect(Buffer.concat(throttledGot.chunks).equals(throttledBytes)).toBe(true);
+
+    await throttled.close();
     await busy.close();
   }, 60_000);
 });
