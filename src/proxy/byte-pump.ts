@@ -2,7 +2,7 @@ import type { Socket } from 'node:net';
 import { FORWARD, MEASURE, WAIT, type FrameInspector } from '../frames/inspector.js';
 import type { Clock, Timer } from './clock.js';
 import type { CompressedGate } from './compressed-gate.js';
-import { readPooled } from './socket-reads.js';
+import { readPooled, type PooledReceiver } from './socket-reads.js';
 
 // Why a pump does not read its source; it reads again once no reason is left (design.md §2: backpressure).
 /** The other socket's buffer is full, until its 'drain'. */
@@ -27,7 +27,7 @@ export interface PumpEvents {
  * drains. The verdicts that defer the rest of a chunk (a throttle's WAIT, a compressed message's MEASURE)
  * keep it, unread further, and feed it again when the wait is over.
  */
-export class BytePump {
+export class BytePump implements PooledReceiver {
   readonly inspector: FrameInspector;
   /** Whom this pump reads from. */
   readonly side: 'client' | 'upstream';
@@ -62,9 +62,9 @@ export class BytePump {
    * while the connection was set up, then every read, in the order they came.
    */
   start(head: Buffer): void {
-    const buffered = this.from.read() as Buffer | null;
+    const buffered = this.from.readableLength > 0 ? this.from.read() as Buffer : null;
     const first = buffered === null ? head : head.length === 0 ? buffered : Buffer.concat([head, buffered]);
-    if (!readPooled(this.from, (chunk) => this.receivePooled(chunk))) this.from.on('data', (chunk: Buffer) => this.receive(chunk));
+    if (!readPooled(this.from, this)) this.from.on('data', (chunk: Buffer) => this.receive(chunk));
     if (first.length > 0) this.receive(first);
     if (this.paused === 0 && !this.from.destroyed) this.from.resume();
   }
@@ -84,7 +84,7 @@ export class BytePump {
    * on the other socket: a queued write still points at these bytes) and nothing of it kept back by a
    * throttle, a measurement or the compressed-message gate.
    */
-  private receivePooled(chunk: Buffer): boolean {
+  receivePooled(chunk: Buffer): boolean {
     try {
       this.forward(chunk);
     } catch (err) {
