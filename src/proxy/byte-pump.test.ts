@@ -157,4 +157,16 @@ describe('BytePump', () => {
     // Nothing was copied: every write is a view of the chunk that was read.
     for (const bytes of to.written) expect(bytes.buffer).toBe(chunk.buffer);
   });
+
+  it('a guard close while a compressed message is measured drops it and what followed it, and reads the source again', () => {
+    const { from, to, pump } = setup(undefined, true);
+    const all = zlib.deflateRawSync(Buffer.from('hello hello hello'), { finishFlush: zlib.constants.Z_SYNC_FLUSH });
+    const before = masked(0x81, 'before');
+    from.emit('data', Buffer.concat([before, masked(0xc1, all.subarray(0, all.length - 4)), masked(0x81, 'after')]));
+    expect(from.paused).toBe(true);
+    pump.abandonHeldMessage();
+    expect(from.paused).toBe(false);
+    from.emit('data', masked(0x81, 'later'));
+    expect(to.sent.equals(before)).toBe(true);
+  });
 });

@@ -101,13 +101,16 @@ export class BytePump implements PooledReceiver {
 
   /**
    * The guard closes while a compressed message is held: none of it went out, so the other side is at the
-   * frame boundary where that message began, and this direction stops there.
+   * frame boundary where that message began, and this direction stops there. What was kept behind the
+   * message is dropped with it, and the source is read again (into the stopped inspector, which forwards
+   * nothing), so the peer's FIN is seen at once rather than after `timeouts.close`.
    */
   abandonHeldMessage(): void {
     if (this.gate === null || !this.gate.holding) return;
     this.gate.drop();
-    this.paused &= ~BUDGET;
     this.inspector.stopNow();
+    this.held = null;
+    this.resumeFor(BUDGET | HELD);
   }
 
   /** The connection has ended: a throttled message's timer may not fire any more. */
