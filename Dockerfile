@@ -8,8 +8,9 @@ RUN npm ci && npm prune --omit=dev
 FROM node:22-bookworm-slim
 WORKDIR /app
 ENV NODE_ENV=production
-# Keeps glibc from handing freed read buffers back to the kernel after every GC: with 64 KiB messages the
-# refaulting otherwise costs ws-guard several times its CPU (docs/performance.md, finding 2).
+# Keeps glibc from handing freed read buffers back to the kernel after every GC. WebSocket traffic no longer
+# needs it (its reads reuse one buffer, docs/performance.md finding 10); plain-HTTP bodies still read into a
+# fresh buffer per read.
 ENV MALLOC_TRIM_THRESHOLD_=268435456
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
