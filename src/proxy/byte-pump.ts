@@ -12,6 +12,15 @@ const HELD = 2;
 /** The process's hold budget is spent (compressed-gate.ts), until other connections give bytes back. */
 const BUDGET = 4;
 
+/** The pump that writes to a socket, for the module-level 'drain' listener below. */
+const WRITER = Symbol('writer');
+type Written = Socket & { [WRITER]: BytePump };
+
+/** One function for every socket rather than a closure per pump: idle connections are counted in bytes. */
+function onDrain(this: Written): void {
+  this[WRITER].drained();
+}
+
 /** What a pump tells its session (the session itself: an object and two closures less per connection). */
 export interface PumpEvents {
   /** The inspector said STOP: nothing more goes on in this direction. */
@@ -54,7 +63,13 @@ export class BytePump implements PooledReceiver {
     this.gate = gate;
     this.clock = clock;
     this.events = events;
-    to.on('drain', () => this.resumeFor(FULL));
+    (to as Written)[WRITER] = this;
+    to.on('drain', onDrain);
+  }
+
+  /** The other socket's buffer has room again. */
+  drained(): void {
+    this.resumeFor(FULL);
   }
 
   /**

@@ -44,6 +44,26 @@ const CLIENT_STREAM_FAULTS: ReadonlySet<CloseReason> = new Set<CloseReason>([
   'PROTOCOL_VIOLATION', 'MESSAGE_TOO_BIG', 'TOO_MANY_FRAGMENTS', 'INVALID_COMPRESSED', 'MESSAGE_RATE', 'CONTROL_FRAME_RATE',
 ]);
 
+/** The session a socket belongs to, for the listeners below: one function each for every connection. */
+const OWNER = Symbol('session');
+type Owned = Socket & { [OWNER]: Session };
+
+/*
+ * The socket listeners are module-level functions that find their session through the socket: closures
+ * made per session (and the wrappers `once` adds) would cost every idle connection a few hundred bytes.
+ */
+function onError(this: Owned, err: Error): void {
+  this[OWNER].socketError(this, err);
+}
+
+function onClose(this: Owned): void {
+  this[OWNER].socketClosed();
+}
+
+function onEnd(this: Owned): void {
+  this[OWNER].socketEnded(this);
+}
+
 /**
  * One proxied WebSocket connection: two sockets, and what the session wires between them: a byte pump per
  * direction (each with its inspector; the client's with the compressed-message gate when compressed
@@ -105,15 +125,16 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> implements Pump
     for (const socket of [this.client, this.upstream]) {
       socket.setNoDelay(true);
       socket.setTimeout(0);
-      socket.on('error', (err) => this.onSocketError(socket, err));
+      (socket as Owned)[OWNER] = this;
+      socket.on('error', onError);
       // A leg that closed before the session existed has no 'close' left to emit; it still counts.
-      if (socket.closed) process.nextTick(() => this.onSocketClose());
-      else socket.once('close', () => this.onSocketClose());
+      if (socket.closed) process.nextTick(() => this.socketClosed());
+      else socket.on('close', onClose);
     }
     this.toUpstream = new BytePump('client', this.client, this.upstream, this.c2u, this.gate, this.clock, this);
     this.toClient = new BytePump('upstream', this.upstream, this.client, this.u2c, null, this.clock, this);
-    this.client.on('end', () => this.onClientEnd());
-    this.upstream.on('end', () => this.onUpstreamEnd());
+    this.client.on('end', onEnd);
+    this.upstream.on('end', onEnd);
 
     if (options.expiresAt !== undefined) this.armExpiry(options.expiresAt);
     if (options.idleTimeoutMs !== undefined) this.armIdle(options.idleTimeoutMs);
@@ -190,6 +211,12 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> implements Pump
     this.destroy();
   }
 
+  /** For the module-level listener of both sockets' 'end'. */
+  socketEnded(socket: Socket): void {
+    if (socket === this.client) this.onClientEnd();
+    else this.onUpstreamEnd();
+  }
+
   /** Idle means no data frame either way: compared four times per period, so it fires within 1.25× the timeout. */
   private armIdle(timeoutMs: number): void {
     const step = Math.max(1, Math.floor(timeoutMs / 4));
@@ -230,12 +257,14 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> implements Pump
     this.closing.armCloseTimer();
   }
 
-  private onSocketError(socket: Socket, err: Error): void {
+  /** For the module-level listener of both sockets' 'error'. */
+  socketError(socket: Socket, err: Error): void {
     this.detail ??= `${socket === this.client ? 'client' : 'upstream'} socket: ${err.message}`;
     if (socket === this.upstream && this.closedBy === null) this.upstreamGone(err.message);
   }
 
-  private onSocketClose(): void {
+  /** For the module-level listener of both sockets' 'close'. */
+  socketClosed(): void {
     if (this.upstream.destroyed && this.closedBy === null) this.upstreamGone('upstream socket closed');
     if (this.upstream.destroyed) this.closing.releaseClientClose();
     if (this.client.destroyed && !this.upstream.destroyed) {
