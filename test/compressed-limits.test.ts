@@ -127,6 +127,25 @@ describe('messageSize with permessage-deflate, after a message ending with a BFI
     }
   });
 
+  it('a close between the fragments of a compressed message reaches the app by itself, which answers it at once', async () => {
+    const t = tag();
+    const { conn } = await connect(t, 'permessage-deflate; server_no_context_takeover');
+    try {
+      const wire = syncFlushed('never finished');
+      conn.write(frame({ opcode: Op.TEXT, rsv1: true, fin: false, payload: wire.subarray(0, 5) }));
+      conn.write(frame({ opcode: Op.CLOSE, payload: Buffer.from([0x03, 0xe8]) }));
+      // The app's own answer: held with the message, the close never reached it, and the guard's close timer
+      // ended both legs without a close frame.
+      expect((await nextClose(conn)).closeCode).toBe(1000);
+      await until(async () => (await upstream.seen(t)).some((e) => e.type === 'ws_disconnect'));
+      const events = await upstream.seen(t);
+      expect(events.filter((e) => e.type === 'ws_text')).toEqual([]);
+      expect(events.find((e) => e.type === 'ws_disconnect')?.code).toBe(1000);
+    } finally {
+      conn.destroy();
+    }
+  });
+
   it('context takeover: a 2 MiB message after it is measured, closed with 1009, and never reaches the app', async () => {
     const t = tag();
     const { conn, extensions } = await connect(t, 'permessage-deflate; server_no_context_takeover');

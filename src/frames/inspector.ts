@@ -152,6 +152,8 @@ export class FrameInspector {
   private mask2 = 0;
   private mask3 = 0;
   private payloadOffset = 0;
+  /** Length on the wire, header included, of the close frame being read. */
+  private closeLength = 0;
 
   constructor(options: InspectorOptions) {
     this.masked = options.masked;
@@ -191,6 +193,11 @@ export class FrameInspector {
   /** A complete close frame went through. */
   get closeSeen(): boolean {
     return this.sawClose;
+  }
+
+  /** That close frame's length on the wire, header included. */
+  get closeFrameLength(): number {
+    return this.closeLength;
   }
 
   /** The status code of that close frame, 1005 when it had none (RFC 6455 §7.1.5). */
@@ -390,6 +397,7 @@ export class FrameInspector {
           this.headerLength = 0;
           return STOP;
         }
+        this.closeLength = maskAt - at + (this.masked ? 4 : 0) + payloadLength;
       } else if (this.limits.onControlFrame !== null && !this.limits.onControlFrame()) {
         return this.fail('CONTROL_FRAME_RATE', 'control frame rate exceeded');
       }

@@ -169,4 +169,20 @@ describe('BytePump', () => {
     from.emit('data', masked(0x81, 'later'));
     expect(to.sent.equals(before)).toBe(true);
   });
+
+  it('a close between the fragments of a held compressed message goes on by itself, however the stream is split', () => {
+    const deflated = zlib.deflateRawSync(Buffer.from('hello hello hello'), { finishFlush: zlib.constants.Z_SYNC_FLUSH });
+    const first = masked(0x41, deflated.subarray(0, 4));
+    const close = masked(0x88, Buffer.from([0x03, 0xe8, 0x62, 0x79, 0x65]));
+    const stream = Buffer.concat([first, close]);
+    for (let at = 0; at <= stream.length; at++) {
+      const { from, to, pump, stops } = setup(undefined, true);
+      from.emit('data', stream.subarray(0, at));
+      if (at < stream.length) from.emit('data', stream.subarray(at));
+      expect(to.sent.equals(close), `split at ${at}`).toBe(true);
+      expect(stops).toEqual([pump]);
+      expect(pump.inspector.closeCode).toBe(1000);
+      expect(from.paused).toBe(false);
+    }
+  });
 });

@@ -142,7 +142,22 @@ export class BytePump implements PooledReceiver {
     if (verdict === FORWARD) return;
     if (verdict === WAIT) this.waitThenFeed(chunk.subarray(n), inspector.waitMs);
     else if (verdict === MEASURE) this.measureThenFeed(chunk.subarray(n));
-    else this.events.pumpStopped(this);
+    else {
+      if (inspector.closeSeen && this.gate !== null && this.gate.holding) this.passCloseInsideMessage();
+      this.events.pumpStopped(this);
+    }
+  }
+
+  /**
+   * The client closed between the fragments of a compressed message still held (RFC 6455 §5.4 lets a
+   * control frame come there). The unfinished message is dropped: it can never be delivered, and unmeasured
+   * it may not go on. The close frame goes on by itself, at a frame boundary, so the upstream answers it.
+   */
+  private passCloseInsideMessage(): void {
+    let flushed = true;
+    for (const bytes of this.gate!.takeClose(this.inspector.closeFrameLength)) flushed = this.to.write(bytes) && flushed;
+    if (!flushed) this.pauseFor(FULL);
+    this.resumeFor(BUDGET);
   }
 
   /** The held header bytes the chunk completed, then its first `n` bytes: the chunk itself when all of it goes on. */

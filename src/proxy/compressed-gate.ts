@@ -91,6 +91,22 @@ export class CompressedGate {
     return chunks;
   }
 
+  /**
+   * The client closed inside the held message, whose last `closeLength` bytes are that close frame: the
+   * message is dropped and the close frame's bytes are returned, as views of the chunks they came in.
+   */
+  takeClose(closeLength: number): Buffer[] {
+    const close: Buffer[] = [];
+    const chunks = this.chunks ?? [];
+    for (let i = chunks.length - 1, wanted = closeLength; i >= 0 && wanted > 0; i--) {
+      const chunk = chunks[i]!;
+      close.unshift(chunk.length <= wanted ? chunk : chunk.subarray(chunk.length - wanted));
+      wanted -= chunk.length;
+    }
+    this.drop();
+    return close;
+  }
+
   /** The held message is gone (it went on, was refused, or the session ended): its bytes go back to the budget. */
   drop(): void {
     if (this.chunks === null) return;
