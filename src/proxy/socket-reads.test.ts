@@ -3,6 +3,7 @@ import { once } from 'node:events';
 import type { Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
+import { caseRng, type Rng } from '../../test/helpers/fuzz.js';
 import { frame, tcpPair } from '../../test/helpers/raw.js';
 import { MESSAGE_OK } from '../frames/inspector.js';
 import { HoldBudget } from '../limits/hold-budget.js';
@@ -26,8 +27,9 @@ async function proxied(id: number, messageLimits?: SessionOptions['messageLimits
   return {
     client: client.theirs,
     app: upstream.theirs,
-    /** The guard's leg to the app: where a write queues when the app does not read. */
+    /** The guard's legs to the app and to the client: where a write queues when that peer does not read. */
     toApp: upstream.ours,
+    toClient: client.ours,
     pooled: readsPooled(client.ours) && readsPooled(upstream.ours),
     async close(): Promise<void> {
       const ended = once(session, 'end');
@@ -60,6 +62,51 @@ async function until(done: () => boolean, what: string): Promise<void> {
 /** Binary frames of random bytes: no two stretches alike, so any overwritten byte shows. */
 function randomFrames(count: number, payloadBytes: number): Buffer[] {
   return Array.from({ length: count }, () => frame({ opcode: 0x2, payload: randomBytes(payloadBytes) }));
+}
+
+/** A payload size: mostly small, some mid-sized, a few larger than one read. */
+function size(rng: Rng): number {
+  return rng.weighted([[4, () => rng.int(126)], [3, () => rng.range(126, 4096)], [3, () => rng.range(4097, 65_536)]] as const)();
+}
+
+/** Writes the frames in bursts of 1–8 per write, with short random gaps. */
+async function writeInBursts(socket: Socket, frames: Buffer[], rng: Rng): Promise<void> {
+  for (let i = 0; i < frames.length;) {
+    const n = rng.range(1, 8);
+    socket.write(Buffer.concat(frames.slice(i, i + n)));
+    i += n;
+    if (rng.chance(0.5)) await sleep(rng.int(3));
+  }
+}
+
+/** `n` seeded pseudo-random bytes, a word at a time (xorshift32): megabytes of them stay cheap. */
+function noise(rng: Rng, n: number): Buffer {
+  const out = Buffer.alloc(n + 3);
+  let x = rng.range(1, 0x7fffffff);
+  for (let i = 0; i < n; i += 4) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    out.writeInt32LE(x | 0, i);
+  }
+  return out.subarray(0, n);
+}
+
+/**
+ * Stops reading the socket at random until `done()`: each stall lasts until the guard's write to this peer
+ * (`writer`, the guard's socket) is queued, or at most 300 ms. Returns how many stalls saw it queued.
+ */
+async function stallAtRandom(socket: Socket, writer: Socket, rng: Rng, done: () => boolean): Promise<number> {
+  let queued = 0;
+  while (!done()) {
+    await sleep(rng.range(1, 15));
+    socket.pause();
+    for (let waited = 0; writer.writableLength === 0 && waited < 300 && !done(); waited++) await sleep(1);
+    if (writer.writableLength > 0) queued++;
+    await sleep(rng.int(5));
+    socket.resume();
+  }
+  return queued;
 }
 
 describe('pooled socket reads', () => {
@@ -128,5 +175,32 @@ describe('pooled socket reads', () => {
 
     await throttled.close();
     await busy.close();
+  }, 60_000);
+
+  it('carry the bytes of every connection unchanged both ways under random sizes, bursts and stalls (seeded)', async () => {
+    const conns = await Promise.all([5, 6].map((id) => proxied(id)));
+    expect(conns.map((c) => c.pooled)).toEqual([true, true]);
+    let queued = 0;
+    await Promise.all(conns.map(async (c, i) => {
+      const rng = caseRng(i, 0x5ead);
+      // About 6 MiB each way: more than the kernel's loopback buffers hold while a peer stalls.
+      const up = Array.from({ length: 600 }, () => frame({ opcode: 0x2, payload: noise(rng, size(rng)) }));
+      const down = Array.from({ length: 600 }, () => frame({ opcode: 0x2, mask: false, payload: noise(rng, size(rng)) }));
+      const [upBytes, downBytes] = [Buffer.concat(up), Buffer.concat(down)];
+      const atApp = received(c.app);
+      const atClient = received(c.client);
+      const done = () => atApp.length >= upBytes.length && atClient.length >= downBytes.length;
+      const [, , atAppQueued, atClientQueued] = await Promise.all([
+        writeInBursts(c.client, up, rng), writeInBursts(c.app, down, rng),
+        stallAtRandom(c.app, c.toApp, rng, done), stallAtRandom(c.client, c.toClient, rng, done),
+        until(done, `connection ${i}`),
+      ]);
+      queued += atAppQueued + atClientQueued;
+      expect(Buffer.concat(atApp.chunks).equals(upBytes), `connection ${i}, client to app`).toBe(true);
+      expect(Buffer.concat(atClient.chunks).equals(downBytes), `connection ${i}, app to client`).toBe(true);
+    }));
+    // The case the pool must get right happened: a stalled peer left the guard's writes queued.
+    expect(queued).toBeGreaterThan(0);
+    for (const c of conns) await c.close();
   }, 60_000);
 });
