@@ -98,12 +98,17 @@ export function readPooled(socket: Socket, receiver: PooledReceiver): boolean {
   const f = fields!;
   landing ??= Buffer.allocUnsafeSlow(LANDING_BYTES);
   const target = socket as unknown as Record<symbol, unknown> & { _handle: { useUserBuffer(b: Buffer): void } };
+  // A Node whose handle refuses the buffer keeps the socket as it was: reading with 'data' is slower, not wrong.
+  try {
+    target._handle.useUserBuffer(landing);
+  } catch {
+    return false;
+  }
   target[f.buffer] = landing;
   target[f.generator] = null;
   target[f.callback] = (nread: number, into: Buffer): void => {
     const chunk = copyOut(into, nread);
     if (receiver.receivePooled(chunk)) release(chunk);
   };
-  target._handle.useUserBuffer(landing);
   return true;
 }
