@@ -1,8 +1,19 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { ConfigError, loadConfigFile, nearest, parseConfig } from './load.js';
+
+/** The temp dirs of this file's tests, removed once they have run. */
+const dirs: string[] = [];
+function tempDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'ws-guard-config-'));
+  dirs.push(dir);
+  return dir;
+}
+afterAll(() => {
+  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+});
 
 function problemsOf(raw: unknown, env: NodeJS.ProcessEnv = {}): readonly string[] {
   try {
@@ -65,7 +76,7 @@ describe('config', () => {
   });
 
   it('loads YAML files and reports syntax errors and unreadable files', () => {
-    const dir = mkdtempSync(join(tmpdir(), 'ws-guard-config-'));
+    const dir = tempDir();
     const good = join(dir, 'good.yaml');
     writeFileSync(good, 'listen: 127.0.0.1:1\nupstream: http://127.0.0.1:2\ntimeouts: { close: 500ms }\n');
     expect(loadConfigFile(good, {}).timeouts.close).toBe(500);
@@ -197,7 +208,7 @@ describe('config: values that would switch a protection off', () => {
   });
 
   it('reads off as a word and 1e400 as Infinity from YAML, and refuses the Infinity', () => {
-    const dir = mkdtempSync(join(tmpdir(), 'ws-guard-config-'));
+    const dir = tempDir();
     const file = join(dir, 'off.yaml');
     writeFileSync(file, 'listen: 127.0.0.1:1\nupstream: http://127.0.0.1:2\nlimits: { idleTimeout: off, maxLifetime: 24h }\n');
     expect(loadConfigFile(file, {}).limits).toMatchObject({ idleTimeout: undefined, maxLifetime: 86_400_000 });
@@ -223,7 +234,7 @@ describe('config: messages', () => {
   const secretAuth = { auth: { jwt: { secret: '${JWT_SECRET}', algorithms: ['HS256'] } } };
 
   function fileProblems(text: string): readonly string[] {
-    const file = join(mkdtempSync(join(tmpdir(), 'ws-guard-config-')), 'guard.yaml');
+    const file = join(tempDir(), 'guard.yaml');
     writeFileSync(file, text);
     try {
       loadConfigFile(file, {});
@@ -343,7 +354,7 @@ describe('config: messages', () => {
     expect(fileProblems('listen: *nowhere\n')).toEqual([
       'guard.yaml: invalid YAML: Unresolved alias (the anchor must be set before the alias): nowhere',
     ]);
-    const dir = mkdtempSync(join(tmpdir(), 'ws-guard-config-'));
+    const dir = tempDir();
     expect(() => loadConfigFile(dir, {})).toThrow(`cannot read config file ${dir}: it is a directory`);
   });
 });

@@ -1,9 +1,9 @@
 import { createHmac } from 'node:crypto';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { exportJWK, exportSPKI, generateKeyPair, SignJWT, UnsecuredJWT, type JWK, type JWTPayload } from 'jose';
 
 type CryptoKeyLike = Awaited<ReturnType<typeof generateKeyPair>>['privateKey'];
@@ -100,6 +100,7 @@ describe('JWT with a PEM public key', () => {
     writeFileSync(pemFile, await exportSPKI(pair.publicKey));
     verify = createJwtVerifier(jwtConfig({ publicKey: pemFile, algorithms: ['RS256'] }));
   });
+  afterAll(() => rmSync(dirname(pemFile), { recursive: true, force: true }));
 
   it('accepts RS256 tokens signed by the private key', async () => {
     const token = await new SignJWT({ sub: 'bob', exp: now() + 60 }).setProtectedHeader({ alg: 'RS256' }).sign(privateKey);
