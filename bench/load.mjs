@@ -329,6 +329,22 @@ function percentile(sorted, p) {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
 }
 
+/**
+ * The measured window of a load mode, once it has warmed up: Redis's script count and the /proc readings at
+ * its edges. `mark(true)` runs just before the first reading and `mark(false)` just after the last, for what
+ * the mode counts only inside the window.
+ */
+async function measuredWindow(mark) {
+  const s0 = await storeScripts();
+  mark(true);
+  const a = snapshot();
+  await sleep(opts.durationMs);
+  const b = snapshot();
+  mark(false);
+  const s1 = await storeScripts();
+  return { a, b, s0, s1 };
+}
+
 async function rateMode() {
   const { port, size, rate, conns: nConns, warmupMs, durationMs } = opts;
   const conns = await connectMany(port, nConns, 64);
@@ -392,16 +408,11 @@ async function rateMode() {
   const interval = setInterval(tick, 1);
 
   await sleep(warmupMs);
-  const s0 = await storeScripts();
-  recording = true;
-  inWindow = true;
-  windowEchoes = 0;
-  const a = snapshot();
-  await sleep(durationMs);
-  const b = snapshot();
-  inWindow = false;
-  recording = false;
-  const s1 = await storeScripts();
+  const { a, b, s0, s1 } = await measuredWindow((open) => {
+    recording = open;
+    inWindow = open;
+    if (open) windowEchoes = 0;
+  });
   const echoes = windowEchoes;
   const recorded = nRtt;
   sending = false;
@@ -634,7 +645,7 @@ function upstreamStats(port) {
 }
 
 async function httpMode() {
-  const { port, conns: nConns, rate = 0, warmupMs, durationMs } = opts;
+  const { port, conns: nConns, rate = 0, warmupMs } = opts;
   const request = Buffer.from(
     `GET ${opts.path ?? '/bench'} HTTP/1.1\r\nHost: ${HOST}:${port}\r\n` + (opts.authorization ? `Authorization: Bearer ${opts.authorization}\r\n` : '') + '\r\n',
     'latin1',
@@ -722,13 +733,9 @@ async function httpMode() {
   await sleep(warmupMs);
   const c0 = chunksReceived;
   const up0 = opts.upstreamPort ? await upstreamStats(opts.upstreamPort) : null;
-  const s0 = await storeScripts();
-  inWindow = true;
-  const a = snapshot();
-  await sleep(durationMs);
-  const b = snapshot();
-  inWindow = false;
-  const s1 = await storeScripts();
+  const { a, b, s0, s1 } = await measuredWindow((open) => {
+    inWindow = open;
+  });
   const up1 = opts.upstreamPort ? await upstreamStats(opts.upstreamPort) : null;
   const chunks = chunksReceived - c0;
   running = false;
@@ -791,7 +798,7 @@ function upgradeRequest(port) {
  * Sec-WebSocket-Key: the server computes the accept all the same).
  */
 async function handshakeMode() {
-  const { port, conns: maxConns, rate = 0, warmupMs, durationMs } = opts;
+  const { port, conns: maxConns, rate = 0, warmupMs } = opts;
   const request = upgradeRequest(port);
   const capacity = 1_000_000;
   const lat = new Float64Array(capacity);
@@ -878,13 +885,9 @@ async function handshakeMode() {
   }
 
   await sleep(warmupMs);
-  const s0 = await storeScripts();
-  inWindow = true;
-  const a = snapshot();
-  await sleep(durationMs);
-  const b = snapshot();
-  inWindow = false;
-  const s1 = await storeScripts();
+  const { a, b, s0, s1 } = await measuredWindow((open) => {
+    inWindow = open;
+  });
   running = false;
   if (interval) clearInterval(interval);
   const drainUntil = performance.now() + 10_000;
