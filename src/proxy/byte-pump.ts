@@ -31,8 +31,8 @@ export interface PumpEvents {
 
 /**
  * One direction of a connection: reads a socket, feeds each chunk to the direction's inspector, and writes
- * to the other socket what the verdict lets through, as the very chunk it was read in (design.md §2: no
- * copy, no write per message). When the other socket cannot take more, the source is not read until it
+ * to the other socket what the verdict lets through, as the chunk it was read in (design.md §2: no copy
+ * beyond the one out of the shared read buffer, no write per message). When the other socket cannot take more, the source is not read until it
  * drains. The verdicts that defer the rest of a chunk (a throttle's WAIT, a compressed message's MEASURE)
  * keep it, unread further, and feed it again when the wait is over.
  */
@@ -79,17 +79,19 @@ export class BytePump implements PooledReceiver {
   start(head: Buffer): void {
     const buffered = this.from.readableLength > 0 ? this.from.read() as Buffer : null;
     const first = buffered === null ? head : head.length === 0 ? buffered : Buffer.concat([head, buffered]);
-    if (!readPooled(this.from, this)) this.from.on('data', (chunk: Buffer) => this.receive(chunk));
+    if (!readPooled(this.from, this)) this.from.on('data', (chunk: Buffer) => void this.receive(chunk));
     if (first.length > 0) this.receive(first);
     if (this.paused === 0 && !this.from.destroyed) this.from.resume();
   }
 
-  /** Every chunk from outside enters here: a fault ends this connection, never the process. */
-  private receive(chunk: Buffer): void {
+  /** Every chunk from outside enters here: a fault ends this connection, never the process. False after a fault. */
+  private receive(chunk: Buffer): boolean {
     try {
       this.forward(chunk);
+      return true;
     } catch (err) {
       this.events.pumpFailed(err);
+      return false;
     }
   }
 
@@ -100,13 +102,7 @@ export class BytePump implements PooledReceiver {
    * throttle, a measurement or the compressed-message gate.
    */
   receivePooled(chunk: Buffer): boolean {
-    try {
-      this.forward(chunk);
-    } catch (err) {
-      this.events.pumpFailed(err);
-      return false;
-    }
-    return this.held === null && (this.gate === null || !this.gate.holding) && this.to.writableLength === 0;
+    return this.receive(chunk) && this.held === null && (this.gate === null || !this.gate.holding) && this.to.writableLength === 0;
   }
 
   /** The hold budget has room again (compressed-gate.ts). */
@@ -154,10 +150,15 @@ export class BytePump implements PooledReceiver {
    * it may not go on. The close frame goes on by itself, at a frame boundary, so the upstream answers it.
    */
   private passCloseInsideMessage(): void {
-    let flushed = true;
-    for (const bytes of this.gate!.takeClose(this.inspector.closeFrameLength)) flushed = this.to.write(bytes) && flushed;
-    if (!flushed) this.pauseFor(FULL);
+    this.writeAll(this.gate!.takeClose(this.inspector.closeFrameLength));
     this.resumeFor(BUDGET);
+  }
+
+  /** Bytes the gate held, as the chunks they came in. */
+  private writeAll(chunks: readonly Buffer[]): void {
+    let flushed = true;
+    for (const bytes of chunks) flushed = this.to.write(bytes) && flushed;
+    if (!flushed) this.pauseFor(FULL);
   }
 
   /** The held header bytes the chunk completed, then its first `n` bytes: the chunk itself when all of it goes on. */
@@ -209,9 +210,7 @@ export class BytePump implements PooledReceiver {
       if (message === null) return;
       // The gate gave the message's bytes back to the budget: a wait for the budget ends with it.
       this.paused &= ~BUDGET;
-      let flushed = true;
-      for (const bytes of message) flushed = this.to.write(bytes) && flushed;
-      if (!flushed) this.pauseFor(FULL);
+      this.writeAll(message);
       this.feedHeld();
     }).catch((err: unknown) => this.events.pumpFailed(err));
   }
