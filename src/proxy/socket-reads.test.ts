@@ -3,7 +3,7 @@ import { once } from 'node:events';
 import type { Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
-import { caseRng, type Rng } from '../../test/helpers/fuzz.js';
+import { caseRng, until, type Rng } from '../../test/helpers/fuzz.js';
 import { frame, tcpPair } from '../../test/helpers/raw.js';
 import { MESSAGE_OK } from '../frames/inspector.js';
 import { HoldBudget } from '../limits/hold-budget.js';
@@ -50,13 +50,6 @@ function received(socket: Socket): { chunks: Buffer[]; length: number } {
     got.length += chunk.length;
   });
   return got;
-}
-
-async function until(done: () => boolean, what: string): Promise<void> {
-  for (let waited = 0; !done(); waited += 5) {
-    if (waited > 20_000) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
 }
 
 /** Binary frames of random bytes: no two stretches alike, so any overwritten byte shows. */
@@ -131,13 +124,13 @@ describe('pooled socket reads', () => {
     const sentBusy = randomFrames(512, 8 * 1024);
     for (const f of sentBusy) busy.client.write(f);
     const busyBytes = Buffer.concat(sentBusy);
-    await until(() => busyGot.length >= busyBytes.length, 'the busy connection');
+    await until(() => busyGot.length >= busyBytes.length, 20_000, 'the busy connection');
     expect(Buffer.concat(busyGot.chunks).equals(busyBytes)).toBe(true);
 
     // Now the slow app reads: byte for byte what its client sent, nothing of the other connection's.
     const slowGot = received(slow.app);
     const slowBytes = Buffer.concat(sentSlow);
-    await until(() => slowGot.length >= slowBytes.length, 'the slow connection');
+    await until(() => slowGot.length >= slowBytes.length, 20_000, 'the slow connection');
     expect(Buffer.concat(slowGot.chunks).equals(slowBytes)).toBe(true);
 
     await slow.close();
@@ -168,7 +161,7 @@ describe('pooled socket reads', () => {
     }
     const throttledBytes = Buffer.concat(sentThrottled);
     const busyBytes = Buffer.concat(sentBusy);
-    await until(() => busyGot.length >= busyBytes.length && throttledGot.length >= throttledBytes.length, 'both connections');
+    await until(() => busyGot.length >= busyBytes.length && throttledGot.length >= throttledBytes.length, 20_000, 'both connections');
     expect(started).toBeGreaterThanOrEqual(40);
     expect(Buffer.concat(busyGot.chunks).equals(busyBytes)).toBe(true);
     expect(Buffer.concat(throttledGot.chunks).equals(throttledBytes)).toBe(true);
@@ -193,7 +186,7 @@ describe('pooled socket reads', () => {
       const [, , atAppQueued, atClientQueued] = await Promise.all([
         writeInBursts(c.client, up, rng), writeInBursts(c.app, down, rng),
         stallAtRandom(c.app, c.toApp, rng, done), stallAtRandom(c.client, c.toClient, rng, done),
-        until(done, `connection ${i}`),
+        until(done, 20_000, `connection ${i}`),
       ]);
       queued += atAppQueued + atClientQueued;
       expect(Buffer.concat(atApp.chunks).equals(upBytes), `connection ${i}, client to app`).toBe(true);
