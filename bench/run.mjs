@@ -7,7 +7,8 @@
 // process(es) from /proc/<pid>/stat across the measured window, divided by the messages echoed in it.
 // Row g does the same for plain HTTP: keep-alive GETs to bench/http-upstream.mjs, CPU per request.
 // Row h: short-lived WebSockets (upgrade, close), latency to the 101 and CPU per upgrade. The
-// policies+redis setup runs Debian's redis-server as its limit store, pinned with the upstream.
+// policies+redis setup runs Debian's redis-server as its limit store, pinned with the upstream. The
+// node-floor setup (bench/node-floor.mjs) is Node's floor: a bare relay on raw handles, pinned like a proxy.
 // See docs/performance.md for what each row means. `node bench/run.mjs --help` lists the flags.
 import { spawn, execFileSync } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -58,7 +59,7 @@ const DEFAULTS = {
   quick: false,
   targets: false, // issue 13's preset (TARGETS) and its Targets table
 };
-const SETUPS = ['direct', 'ws-guard', 'policies', 'policies+redis', 'nginx'];
+const SETUPS = ['direct', 'ws-guard', 'policies', 'policies+redis', 'node-floor', 'nginx'];
 const QUICK = { reps: 1, duration: 1.2, warmup: 0.5, 'idle-conns': 1000, 'idle-settle': 0.5, 'idle-reps': 1 };
 /**
  * `npm run bench:targets`: the rows issue 13 sets targets on (its "g", the reconnect storm, is our row i),
@@ -66,7 +67,7 @@ const QUICK = { reps: 1, duration: 1.2, warmup: 0.5, 'idle-conns': 1000, 'idle-s
  * target (+5 %) is far inside one run's noise (±25 %); about 7 minutes on the 2-core VM. No --guard-env:
  * row b's target is for ws-guard as a user starts it.
  */
-const TARGETS = { tests: 'a,b,e,f,i', setups: 'direct,ws-guard,policies,nginx', reps: 5, 'idle-reps': 3 };
+const TARGETS = { tests: 'a,b,e,f,i', setups: 'direct,ws-guard,policies,node-floor,nginx', reps: 5, 'idle-reps': 3 };
 
 const flagList = (preset) => Object.entries(preset).map(([k, v]) => `--${k} ${v}`).join(', ');
 const HELP = `Usage: node bench/run.mjs [--quick] [--targets] [--flag value ...]   (npm run bench -- --quick)
@@ -75,12 +76,15 @@ Compares client -> upstream (direct), client -> ws-guard -> upstream and client 
 Flags (defaults in brackets):
   --quick               ~75 s smoke run (${flagList(QUICK)})
   --targets             issue 13's targets (npm run bench:targets): ${flagList(TARGETS)};
-                        ends with a Targets table: each figure, its ratio to nginx (policies: to ws-guard), met or not
+                        ends with a Targets table: each figure, its ratio to nginx (policies: to ws-guard), Node's
+                        floor (node-floor) beside it, met or not
   --setups LIST         comma list of ${SETUPS.join(',')} [${DEFAULTS.setups}]
                         (policies: ws-guard with JWT-authenticated connections, message rate and size limits,
                         connection and handshake limits, idle timeout, all set high enough never to refuse;
                         policies+redis: the same with store.redis, a redis-server the bench starts, and
-                        limits.messages per: user, so slots, handshake rates and message tokens are in Redis)
+                        limits.messages per: user, so slots, handshake rates and message tokens are in Redis;
+                        node-floor: bench/node-floor.mjs, a TCP relay on Node's raw handles with nothing of
+                        ws-guard in it, the least Node costs per read and per connection)
   --rate N              offered msg/s for rows a-c [${DEFAULTS.rate}]
   --conns N             connections for rows a-c [${DEFAULTS.conns}]
   --duration S          measured seconds per load test [${DEFAULTS.duration}]
@@ -382,8 +386,17 @@ async function startWsGuard(upstreamPort, { policies = false, redisPort, http = 
   return { proc, port, pids: [proc.pid], logFile };
 }
 
+/** bench/node-floor.mjs: a TCP relay on Node's raw handles, the floor of what Node costs per read and per connection. */
+async function startFloor(upstreamPort) {
+  const port = await freePort();
+  const proc = spawnPinned('node-floor', opts['proxy-cpu'], [process.execPath, path.join(BENCH, 'node-floor.mjs'), String(port), String(upstreamPort)]);
+  await waitForPort(port, proc, 'node-floor');
+  return { proc, port, pids: [proc.pid] };
+}
+
 function startProxy(setup, upstreamPort, store, http = false) {
   if (setup === 'nginx') return startNginx(upstreamPort);
+  if (setup === 'node-floor') return startFloor(upstreamPort);
   return startWsGuard(upstreamPort, { policies: setup.startsWith('policies'), redisPort: setup === 'policies+redis' ? store.port : undefined, http });
 }
 
@@ -756,6 +769,7 @@ function targets(results) {
       bound: 1.05,
     })),
   ];
+  const meets = (t, judged) => (judged == null ? null : t.atLeast ? judged >= t.bound : judged <= t.bound);
   return spec.map((t) => {
     const against = t.against ?? 'nginx';
     const figure = (setup) => {
@@ -767,16 +781,24 @@ function targets(results) {
     const theirs = figure(against);
     const ratio = mine.value != null && theirs.value ? mine.value / theirs.value : null;
     const judged = t.absolute ? mine.value : ratio;
+    // Node's floor on the rows held against nginx: what a relay with nothing of ws-guard in it reaches.
+    const floor = t.setup === 'ws-guard' && !t.against ? figure('node-floor') : { cell: '-' };
+    const floorRatio = floor.value != null && theirs.value ? floor.value / theirs.value : null;
+    const floorMeets = t.bound === undefined ? null : meets(t, t.absolute ? floor.value : floorRatio);
     let verdict = 'reported';
-    if (t.bound !== undefined) verdict = judged == null ? 'n/a' : (t.atLeast ? judged >= t.bound : judged <= t.bound) ? 'met' : 'not met';
+    if (t.bound !== undefined) {
+      const met = meets(t, judged);
+      verdict = met == null ? 'n/a' : met ? 'met' : floorMeets === false ? "not met; nor by Node's floor" : 'not met';
+    }
     const shown = ratio == null ? '-' : t.against ? `${ratio >= 1 ? '+' : '−'}${Math.abs((ratio - 1) * 100).toFixed(1)} % vs ${against}` : `${ratio.toFixed(2)}× ${against}`;
-    return { row: t.row, setup: t.setup, value: mine.value, figure: mine.cell, against, reference: `${against} ${theirs.cell}`, ratio, shown, target: t.target, verdict };
+    const floorCell = floor.value == null ? '-' : `${t.f(floor.value)}${floorRatio == null || t.absolute ? '' : ` (${floorRatio.toFixed(2)}×)`}`;
+    return { row: t.row, setup: t.setup, value: mine.value, figure: mine.cell, against, reference: `${against} ${theirs.cell}`, ratio, shown, floor: floorCell, target: t.target, verdict };
   });
 }
 
 function targetsTable(rows) {
-  const header = ['issue 13 target', 'setup', 'median (range)', 'held against: median (range)', 'ratio', 'target', 'verdict'];
-  return grid(header, rows.map((t) => [t.row, t.setup, t.figure, t.reference, t.shown, t.target, t.verdict]), [0, 1, 5, 6]);
+  const header = ['issue 13 target', 'setup', 'median (range)', 'held against: median (range)', 'ratio', "Node's floor", 'target', 'verdict'];
+  return grid(header, rows.map((t) => [t.row, t.setup, t.figure, t.reference, t.shown, t.floor, t.target, t.verdict]), [0, 1, 6, 7]);
 }
 
 function warnings(results) {
