@@ -1,8 +1,7 @@
-import type { Socket } from 'node:net';
 import { FORWARD, MEASURE, WAIT, type FrameInspector } from '../frames/inspector.js';
 import type { Clock, Timer } from './clock.js';
 import type { CompressedGate } from './compressed-gate.js';
-import { readPooled, type PooledReceiver } from './socket-reads.js';
+import { HandleLeg, type Leg, type PooledReceiver } from './handle-leg.js';
 
 // Why a pump does not read its source; it reads again once no reason is left (design.md §2: backpressure).
 /** The other socket's buffer is full, until its 'drain'. */
@@ -14,7 +13,7 @@ const BUDGET = 4;
 
 /** The pump that writes to a socket, for the module-level 'drain' listener below. */
 const WRITER = Symbol('writer');
-type Written = Socket & { [WRITER]: BytePump };
+type Written = Leg & { [WRITER]: BytePump };
 
 /** One function for every socket rather than a closure per pump: idle connections are counted in bytes. */
 function onDrain(this: Written): void {
@@ -40,8 +39,8 @@ export class BytePump implements PooledReceiver {
   readonly inspector: FrameInspector;
   /** Whom this pump reads from. */
   readonly side: 'client' | 'upstream';
-  private readonly from: Socket;
-  private readonly to: Socket;
+  private readonly from: Leg;
+  private readonly to: Leg;
   /** Set on the client's direction when compressed messages are measured before they go on. */
   private readonly gate: CompressedGate | null;
   private readonly clock: Clock;
@@ -53,7 +52,7 @@ export class BytePump implements PooledReceiver {
   private waitTimer: Timer | null = null;
 
   constructor(
-    side: 'client' | 'upstream', from: Socket, to: Socket, inspector: FrameInspector,
+    side: 'client' | 'upstream', from: Leg, to: Leg, inspector: FrameInspector,
     gate: CompressedGate | null, clock: Clock, events: PumpEvents,
   ) {
     this.side = side;
@@ -79,7 +78,8 @@ export class BytePump implements PooledReceiver {
   start(head: Buffer): void {
     const buffered = this.from.readableLength > 0 ? this.from.read() as Buffer : null;
     const first = buffered === null ? head : head.length === 0 ? buffered : Buffer.concat([head, buffered]);
-    if (!readPooled(this.from, this)) this.from.on('data', (chunk: Buffer) => void this.receive(chunk));
+    if (this.from instanceof HandleLeg) this.from.readTo(this);
+    else this.from.on('data', (chunk: Buffer) => void this.receive(chunk));
     if (first.length > 0) this.receive(first);
     if (this.paused === 0 && !this.from.destroyed) this.from.resume();
   }
@@ -96,7 +96,7 @@ export class BytePump implements PooledReceiver {
   }
 
   /**
-   * A read in a reused buffer (socket-reads.ts): true when nothing refers to the chunk any more, so its bytes
+   * A read in a reused buffer (handle-leg.ts): true when nothing refers to the chunk any more, so its bytes
    * may be overwritten by the next read. That takes all of it written through to the kernel (nothing queued
    * on the other socket: a queued write still points at these bytes) and nothing of it kept back by a
    * throttle, a measurement or the compressed-message gate.

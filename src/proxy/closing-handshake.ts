@@ -1,14 +1,14 @@
-import type { Socket } from 'node:net';
 import { closeFrame } from '../frames/close.js';
 import type { FrameInspector } from '../frames/inspector.js';
 import type { Clock, Timer } from './clock.js';
+import type { Leg } from './handle-leg.js';
 
 /** How long the upstream may go on answering what it received before a client fault, before its close. */
 const SETTLE_MS = 100;
 
 export interface ClosingLegs {
-  client: Socket;
-  upstream: Socket;
+  client: Leg;
+  upstream: Leg;
   /** The inspectors of client → upstream and upstream → client. */
   c2u: FrameInspector;
   u2c: FrameInspector;
@@ -22,8 +22,8 @@ export interface ClosingLegs {
  * never does.
  */
 export class ClosingHandshake {
-  private readonly client: Socket;
-  private readonly upstream: Socket;
+  private readonly client: Leg;
+  private readonly upstream: Leg;
   private readonly c2u: FrameInspector;
   private readonly u2c: FrameInspector;
   private readonly closeTimeoutMs: number;

@@ -1,5 +1,4 @@
 import { EventEmitter } from 'node:events';
-import type { Socket } from 'node:net';
 import { FrameInspector, type MessageLimits } from '../frames/inspector.js';
 import { ERRORS, type CloseReason } from '../errors.js';
 import type { HoldBudget } from '../limits/hold-budget.js';
@@ -7,14 +6,16 @@ import type { SessionEnd } from '../events.js';
 import { BytePump, type PumpEvents } from './byte-pump.js';
 import { systemClock, type Clock, type Timer } from './clock.js';
 import { ClosingHandshake } from './closing-handshake.js';
+import type { Leg } from './handle-leg.js';
 import { CompressedGate } from './compressed-gate.js';
 
 export type { SessionEnd };
 
 export interface SessionOptions {
   id: number;
-  client: Socket;
-  upstream: Socket;
+  /** The two legs (handle-leg.ts `takeLeg`): a `net.Socket` is one too. */
+  client: Leg;
+  upstream: Leg;
   /** Bytes the client sent after its handshake, and the upstream after its 101. */
   clientHead: Buffer;
   upstreamHead: Buffer;
@@ -46,7 +47,7 @@ const CLIENT_STREAM_FAULTS: ReadonlySet<CloseReason> = new Set<CloseReason>([
 
 /** The session a socket belongs to, for the listeners below: one function each for every connection. */
 const OWNER = Symbol('session');
-type Owned = Socket & { [OWNER]: Session };
+type Owned = Leg & { [OWNER]: Session };
 
 /*
  * The socket listeners are module-level functions that find their session through the socket: closures
@@ -73,8 +74,8 @@ function onEnd(this: Owned): void {
  */
 export class Session extends EventEmitter<{ end: [SessionEnd] }> implements PumpEvents {
   readonly id: number;
-  private readonly client: Socket;
-  private readonly upstream: Socket;
+  private readonly client: Leg;
+  private readonly upstream: Leg;
   /** The inspectors of client → upstream and upstream → client. */
   private readonly c2u: FrameInspector;
   private readonly u2c: FrameInspector;
@@ -124,7 +125,6 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> implements Pump
 
     for (const socket of [this.client, this.upstream]) {
       socket.setNoDelay(true);
-      socket.setTimeout(0);
       (socket as Owned)[OWNER] = this;
       socket.on('error', onError);
       // A leg that closed before the session existed has no 'close' left to emit; it still counts.
@@ -212,7 +212,7 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> implements Pump
   }
 
   /** For the module-level listener of both sockets' 'end'. */
-  socketEnded(socket: Socket): void {
+  socketEnded(socket: Leg): void {
     if (socket === this.client) this.onClientEnd();
     else this.onUpstreamEnd();
   }
@@ -258,7 +258,7 @@ export class Session extends EventEmitter<{ end: [SessionEnd] }> implements Pump
   }
 
   /** For the module-level listener of both sockets' 'error'. */
-  socketError(socket: Socket, err: Error): void {
+  socketError(socket: Leg, err: Error): void {
     this.detail ??= `${socket === this.client ? 'client' : 'upstream'} socket: ${err.message}`;
     if (socket === this.upstream && this.closedBy === null) this.upstreamGone(err.message);
   }

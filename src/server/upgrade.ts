@@ -11,6 +11,7 @@ import type { SessionLimits } from '../policies/messages.js';
 import { admission, releaseAll } from '../policies/policy.js';
 import { SLOT_RETRY_AFTER_S } from '../policies/slots.js';
 import { deflateOffers, dialUpstream, type DialResult } from '../proxy/dial.js';
+import { takeLeg } from '../proxy/handle-leg.js';
 import { Session } from '../proxy/session.js';
 import { reasonPhrase, relayableHeaders } from '../proxy/answer.js';
 import { type TrustedProxies, upstreamHeaders, type ForwardContext } from './forwarded.js';
@@ -49,6 +50,11 @@ export interface UpgradeDeps {
 /** http.Server sockets are half-open: a client that sent FIN is gone though its socket is not destroyed. */
 function clientGone(socket: Socket): boolean {
   return socket.destroyed || socket.readableEnded;
+}
+
+/** The bytes that came with a handshake, then those its socket buffered after it. */
+function joined(head: Buffer, buffered: Buffer | null): Buffer {
+  return buffered === null ? head : head.length === 0 ? buffered : Buffer.concat([head, buffered]);
 }
 
 function destroySelf(this: Socket): void {
@@ -233,12 +239,18 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
 
     const expiresAt = identity !== undefined && route.auth?.jwt.expiry === 'close' ? identity.expiresAt : undefined;
     const perMessage = route.openSession(ip, user);
+    pending.delete(socket);
+    // The session listens for both from here on: the handshake's listeners would only cost memory.
+    socket.off('close', forgetPending);
+    socket.off('error', destroySelf);
+    const client = takeLeg(socket);
+    const upstream = takeLeg(result.socket);
     const session = new Session({
       id: deps.nextId(),
-      client: socket,
-      upstream: result.socket,
-      clientHead: head,
-      upstreamHead: result.head,
+      client: client.leg,
+      upstream: upstream.leg,
+      clientHead: joined(head, client.buffered),
+      upstreamHead: joined(result.head, upstream.buffered),
       compressed: result.compressed,
       clientNoContextTakeover: result.clientNoContextTakeover,
       holdBudget: deps.holdBudget,
@@ -254,10 +266,6 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
       maxLifetimeMs: limits.maxLifetime,
     });
     session.once('end', releaser(release, perMessage));
-    pending.delete(socket);
-    // The session listens for both from here on: the handshake's listeners would only cost memory.
-    socket.off('close', forgetPending);
-    socket.off('error', destroySelf);
     const meta: ConnectionMeta = { ip, path: logPath(req.url), route: route.path, user };
     events.emit('opened', { ...meta, session: session.id, durationMs: Date.now() - hs.startedAt });
     deps.onSession(session, meta);

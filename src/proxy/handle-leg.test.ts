@@ -1,26 +1,23 @@
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import type { Socket } from 'node:net';
+import net, { type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import { caseRng, until, type Rng } from '../../test/helpers/fuzz.js';
 import { frame, tcpPair } from '../../test/helpers/raw.js';
 import { MESSAGE_OK } from '../frames/inspector.js';
 import { HoldBudget } from '../limits/hold-budget.js';
+import { HandleLeg, takeLeg, type Leg } from './handle-leg.js';
 import { Session, type SessionOptions } from './session.js';
 
-/** The socket reads into the shared landing buffer (socket-reads.ts) instead of emitting 'data'. */
-function readsPooled(socket: Socket): boolean {
-  const callback = Object.getOwnPropertySymbols(socket).find((s) => s.description === 'kBufferCb');
-  return callback !== undefined && typeof (socket as unknown as Record<symbol, unknown>)[callback] === 'function';
-}
-
-/** A session between two real TCP pairs: the test holds the client's and the app's ends. */
+/** A session between two real TCP pairs, each guard-side socket taken over as a handle leg; the test holds the client's and the app's ends. */
 async function proxied(id: number, messageLimits?: SessionOptions['messageLimits']) {
   const client = await tcpPair();
   const upstream = await tcpPair();
+  const toClient = takeLeg(client.ours).leg;
+  const toApp = takeLeg(upstream.ours).leg;
   const session = new Session({
-    id, client: client.ours, upstream: upstream.ours, clientHead: Buffer.alloc(0), upstreamHead: Buffer.alloc(0),
+    id, client: toClient, upstream: toApp, clientHead: Buffer.alloc(0), upstreamHead: Buffer.alloc(0),
     compressed: false, closeTimeoutMs: 1000, expiresAt: undefined, messageLimits, clientNoContextTakeover: false,
     idleTimeoutMs: undefined, maxLifetimeMs: undefined, holdBudget: new HoldBudget(1 << 20),
   });
@@ -28,9 +25,9 @@ async function proxied(id: number, messageLimits?: SessionOptions['messageLimits
     client: client.theirs,
     app: upstream.theirs,
     /** The guard's legs to the app and to the client: where a write queues when that peer does not read. */
-    toApp: upstream.ours,
-    toClient: client.ours,
-    pooled: readsPooled(client.ours) && readsPooled(upstream.ours),
+    toApp,
+    toClient,
+    pooled: toClient instanceof HandleLeg && toApp instanceof HandleLeg,
     async close(): Promise<void> {
       const ended = once(session, 'end');
       client.theirs.destroy();
@@ -89,7 +86,7 @@ function noise(rng: Rng, n: number): Buffer {
  * Stops reading the socket at random until `done()`: each stall lasts until the guard's write to this peer
  * (`writer`, the guard's socket) is queued, or at most 300 ms. Returns how many stalls saw it queued.
  */
-async function stallAtRandom(socket: Socket, writer: Socket, rng: Rng, done: () => boolean): Promise<number> {
+async function stallAtRandom(socket: Socket, writer: Leg, rng: Rng, done: () => boolean): Promise<number> {
   let queued = 0;
   while (!done()) {
     await sleep(rng.range(1, 15));
@@ -102,7 +99,7 @@ async function stallAtRandom(socket: Socket, writer: Socket, rng: Rng, done: () 
   return queued;
 }
 
-describe('pooled socket reads', () => {
+describe('handle legs and their pooled reads', () => {
   it('never overwrite a read whose bytes are still queued on the other socket, while other connections read on', async () => {
     const slow = await proxied(1);
     const busy = await proxied(2);
@@ -196,4 +193,170 @@ describe('pooled socket reads', () => {
     expect(queued).toBeGreaterThan(0);
     for (const c of conns) await c.close();
   }, 60_000);
+});
+
+/** A connected pair whose guard side was accepted by a server with `allowHalfOpen` as given (http.Server's are). */
+async function acceptedPair(allowHalfOpen: boolean): Promise<{ ours: Socket; theirs: Socket; server: net.Server }> {
+  const server = net.createServer({ allowHalfOpen });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const theirs = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
+  const [ours] = (await once(server, 'connection')) as [Socket];
+  await once(theirs, 'connect');
+  return { ours, theirs, server };
+}
+
+/** A leg's events in order, and the bytes it read (copied: the slab's bytes are reused). */
+function watch(leg: HandleLeg) {
+  const seen: string[] = [];
+  const got: Buffer[] = [];
+  leg.on('error', (err: Error) => seen.push(`error ${(err as NodeJS.ErrnoException).code}`));
+  leg.on('end', () => seen.push('end'));
+  leg.on('close', () => seen.push('close'));
+  leg.on('drain', () => seen.push('drain'));
+  leg.readTo({ receivePooled: (chunk) => (got.push(Buffer.from(chunk)), true) });
+  leg.resume();
+  return { seen, got, bytes: () => Buffer.concat(got) };
+}
+
+function handleLeg(socket: Socket): HandleLeg {
+  const { leg } = takeLeg(socket);
+  if (!(leg instanceof HandleLeg)) throw new Error('the socket was not taken apart');
+  return leg;
+}
+
+describe('HandleLeg', () => {
+  it('takes over a quiet socket: the bytes it buffered come back, the socket is destroyed and its server stops counting it', async () => {
+    const { ours, theirs, server } = await acceptedPair(true);
+    theirs.write('early');
+    await until(() => ours.readableLength === 5, 2000, 'the early bytes');
+    const { leg, buffered } = takeLeg(ours);
+    expect(leg).toBeInstanceOf(HandleLeg);
+    expect(buffered?.toString()).toBe('early');
+    expect(ours.destroyed).toBe(true);
+    await until(() => new Promise<boolean>((resolve) => server.getConnections((_, n) => resolve(n === 0))), 2000, 'the server count');
+    // The handle is still open, now the leg's: reads and writes go through it.
+    const w = watch(leg as HandleLeg);
+    theirs.write('late');
+    await until(() => w.bytes().toString() === 'late', 2000, 'a read');
+    const back = once(theirs, 'data') as Promise<[Buffer]>;
+    expect(leg.write(Buffer.from('to you'))).toBe(true);
+    expect((await back)[0].toString()).toBe('to you');
+    leg.destroy();
+    await until(() => w.seen.includes('close'), 2000, 'close');
+    theirs.destroy();
+    server.close();
+  });
+
+  it('leaves a socket it cannot take as it is: one with a write queued, or ended, is its own leg', async () => {
+    const { ours, theirs, server } = await acceptedPair(true);
+    ours.cork();
+    ours.write('held');
+    expect(takeLeg(ours)).toEqual({ leg: ours, buffered: null });
+    ours.uncork();
+    ours.end();
+    expect(takeLeg(ours)).toEqual({ leg: ours, buffered: null });
+    expect(ours.destroyed).toBe(false);
+    theirs.destroy();
+    ours.destroy();
+    server.close();
+  });
+
+  it('half-open (as http.Server sockets are): the peer\'s FIN is "end", writes still go out, and our FIN then closes', async () => {
+    const { ours, theirs, server } = await acceptedPair(true);
+    const leg = handleLeg(ours);
+    const w = watch(leg);
+    theirs.end('bye');
+    await until(() => w.seen.includes('end'), 2000, 'end');
+    expect([w.bytes().toString(), leg.readableEnded, leg.destroyed]).toEqual(['bye', true, false]);
+    const rest = once(theirs, 'end');
+    const got: Buffer[] = [];
+    theirs.on('data', (d: Buffer) => got.push(d));
+    leg.write(Buffer.from('still '));
+    leg.end(Buffer.from('here'));
+    await rest;
+    expect(Buffer.concat(got).toString()).toBe('still here');
+    await until(() => w.seen.includes('close'), 2000, 'close');
+    expect(w.seen).toEqual(['end', 'close']);
+    expect([leg.destroyed, leg.closed]).toEqual([true, true]);
+    server.close();
+  });
+
+  it('not half-open (as a dialled upstream is): the peer\'s FIN is "end", answered with ours, then "close"', async () => {
+    const { ours, theirs, server } = await acceptedPair(false);
+    const leg = handleLeg(ours);
+    const w = watch(leg);
+    const finBack = once(theirs, 'end');
+    theirs.resume();
+    theirs.end();
+    await finBack;
+    await until(() => w.seen.includes('close'), 2000, 'close');
+    expect(w.seen).toEqual(['end', 'close']);
+    server.close();
+  });
+
+  it('either way, our FIN first then the peer\'s closes at once (not after some timer)', async () => {
+    for (const allowHalfOpen of [true, false]) {
+      const { ours, theirs, server } = await acceptedPair(allowHalfOpen);
+      const leg = handleLeg(ours);
+      const w = watch(leg);
+      theirs.on('end', () => theirs.end());
+      theirs.resume();
+      leg.end(Buffer.from('bye'));
+      await until(() => w.seen.includes('close'), 1000, `close (allowHalfOpen ${allowHalfOpen})`);
+      expect(w.seen).toEqual(['end', 'close']);
+      server.close();
+    }
+  });
+
+  it('a reset is "error" with its code, then "close"', async () => {
+    const { ours, theirs, server } = await acceptedPair(true);
+    const leg = handleLeg(ours);
+    const w = watch(leg);
+    theirs.resetAndDestroy();
+    await until(() => w.seen.includes('close'), 2000, 'close');
+    expect(w.seen).toEqual(['error ECONNRESET', 'close']);
+    expect(leg.write(Buffer.from('x'))).toBe(false);
+    server.close();
+  });
+
+  it('write says false past 16 KiB queued while the peer does not read, and "drain" comes once it has read', async () => {
+    const { ours, theirs, server } = await acceptedPair(true);
+    const leg = handleLeg(ours);
+    const w = watch(leg);
+    theirs.pause();
+    const chunk = randomBytes(64 * 1024);
+    let sent = 0;
+    while (leg.write(chunk)) {
+      sent += chunk.length;
+      if (sent > 256 * 1024 * 1024) throw new Error('the kernel took 256 MiB and never queued a write');
+    }
+    sent += chunk.length;
+    expect(leg.writableLength).toBeGreaterThanOrEqual(16 * 1024);
+    let received = 0;
+    theirs.on('data', (d: Buffer) => (received += d.length));
+    theirs.resume();
+    await until(() => w.seen.includes('drain'), 10_000, 'drain');
+    expect(leg.writableLength).toBe(0);
+    await until(() => received === sent, 10_000, 'every byte');
+    leg.destroy();
+    theirs.destroy();
+    server.close();
+  });
+
+  it('destroyed with writes still queued: "close" once, no "error", and the queued writes are dropped', async () => {
+    const { ours, theirs, server } = await acceptedPair(true);
+    const leg = handleLeg(ours);
+    const w = watch(leg);
+    theirs.pause();
+    const chunk = randomBytes(64 * 1024);
+    while (leg.write(chunk));
+    leg.destroy();
+    leg.destroy();
+    await until(() => w.seen.includes('close'), 2000, 'close');
+    await sleep(20);
+    expect(w.seen).toEqual(['close']);
+    theirs.destroy();
+    server.close();
+  });
 });
