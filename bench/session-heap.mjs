@@ -1,6 +1,7 @@
 // Heap bytes per Session, by what they are: N sessions over connected loopback sockets, a V8 heap snapshot
 // before and after building them, and the difference per constructor divided by N. Deterministic where RSS
-// (row f) is not: it counts the session's own objects only, not socket buffers or the allocator.
+// (row f) is not: it counts the session's own objects only, not socket buffers or the allocator. With a
+// build that takes sockets apart (handle-leg.ts), the sockets' own objects are freed, and show as negative.
 //
 //   node --expose-gc bench/session-heap.mjs [dist] [sessions]      (dist: ./dist, sessions: 1000)
 import { once } from 'node:events';
@@ -14,6 +15,15 @@ const N = Number(process.argv[3] ?? 1000);
 if (typeof globalThis.gc !== 'function') throw new Error('run with node --expose-gc');
 const { Session } = await import(pathToFileURL(`${dist}/proxy/session.js`).href);
 const { HoldBudget } = await import(pathToFileURL(`${dist}/limits/hold-budget.js`).href);
+// A build with handle legs takes the sockets apart as upgrade.ts does (their objects then show as freed);
+// an older one runs its sessions on the sockets.
+const { takeLeg } = await import(pathToFileURL(`${dist}/proxy/handle-leg.js`).href).catch(() => ({}));
+function legOf(index) {
+  const socket = ours[index];
+  if (!takeLeg) return socket;
+  ours[index] = null;
+  return takeLeg(socket).leg;
+}
 
 const server = net.createServer();
 server.listen(0, '127.0.0.1');
@@ -58,7 +68,7 @@ const before = await census();
 const sessions = [];
 for (let i = 0; i < N; i++) {
   sessions.push(new Session({
-    id: i, client: ours[2 * i], upstream: ours[2 * i + 1], clientHead: Buffer.alloc(0), upstreamHead: Buffer.alloc(0),
+    id: i, client: legOf(2 * i), upstream: legOf(2 * i + 1), clientHead: Buffer.alloc(0), upstreamHead: Buffer.alloc(0),
     compressed: false, closeTimeoutMs: 5000, expiresAt: Date.now() + 3_600_000, messageLimits: limits,
     clientNoContextTakeover: false, idleTimeoutMs: 300_000, maxLifetimeMs: 86_400_000, holdBudget: budget,
   }));

@@ -1,7 +1,7 @@
 import { FORWARD, MEASURE, WAIT, type FrameInspector } from '../frames/inspector.js';
 import type { Clock, Timer } from './clock.js';
 import type { CompressedGate } from './compressed-gate.js';
-import { HandleLeg, type Leg, type PooledReceiver } from './handle-leg.js';
+import { HandleLeg, WRITER, type Leg, type PooledReceiver } from './handle-leg.js';
 
 // Why a pump does not read its source; it reads again once no reason is left (design.md §2: backpressure).
 /** The other socket's buffer is full, until its 'drain'. */
@@ -12,7 +12,6 @@ const HELD = 2;
 const BUDGET = 4;
 
 /** The pump that writes to a socket, for the module-level 'drain' listener below. */
-const WRITER = Symbol('writer');
 type Written = Leg & { [WRITER]: BytePump };
 
 /** One function for every socket rather than a closure per pump: idle connections are counted in bytes. */

@@ -54,7 +54,7 @@ export interface PooledReceiver {
 }
 
 /** A libuv stream handle as Node's stream_base exposes it (TCPWrap): the calls this module makes. */
-interface RawHandle {
+interface RawHandle extends Record<symbol, HandleLeg | undefined> {
   readStart(): number;
   readStop(): number;
   useUserBuffer(buffer: Buffer): void;
@@ -63,7 +63,6 @@ interface RawHandle {
   close(callback: () => void): void;
   setNoDelay(noDelay: boolean): number;
   onread: (this: RawHandle) => void;
-  [LEG]?: HandleLeg;
 }
 
 interface Request {
@@ -82,7 +81,20 @@ interface StreamBinding {
   kLastWriteWasAsync: number;
 }
 
+/**
+ * How a handle finds its leg: the field where Node keeps the socket a handle belongs to, found on the first
+ * socket taken apart (the leg replaces the socket there, so the handle gets no property added), or a
+ * field of ours on a Node that keeps none.
+ */
+let legKey: symbol | null = null;
 const LEG = Symbol('leg');
+
+/**
+ * The session a leg belongs to, and the pump that writes to it (for their module-level listeners): a
+ * `HandleLeg` has both as fields of its own, a `net.Socket` gets them as added properties.
+ */
+export const OWNER = Symbol('session');
+export const WRITER = Symbol('writer');
 
 /** Node's stream binding and libuv's end-of-file code, or null when this Node does not offer them (then sockets stay sockets). */
 const binding: (StreamBinding & { eof: number; notConnected: number }) | null = (() => {
@@ -144,19 +156,19 @@ function systemError(status: number, syscall: string): Error {
  */
 function onHandleRead(this: RawHandle): void {
   const n = binding!.streamBaseState[binding!.kReadBytesOrError]!;
-  if (n !== 0) this[LEG]!.onRead(n);
+  if (n !== 0) this[legKey!]!.onRead(n);
 }
 
 function onWritten(this: Request, status: number): void {
-  this.handle[LEG]!.onWritten(this, status);
+  this.handle[legKey!]!.onWritten(this, status);
 }
 
 function onShutdown(this: Request, status: number): void {
-  this.handle[LEG]!.onShutdown(status);
+  this.handle[legKey!]!.onShutdown(status);
 }
 
 function onHandleClosed(this: RawHandle): void {
-  this[LEG]!.onClosed();
+  this[legKey!]!.onClosed();
 }
 
 function emitEnd(leg: HandleLeg): void {
@@ -178,6 +190,8 @@ export class HandleLeg implements Leg {
   writableEnded = false;
   writableLength = 0;
   readonly readableLength = 0;
+  [OWNER]: unknown = null;
+  [WRITER]: unknown = null;
   private readonly handle: RawHandle;
   private readonly allowHalfOpen: boolean;
   private finished = false;
@@ -193,7 +207,7 @@ export class HandleLeg implements Leg {
   constructor(handle: RawHandle, allowHalfOpen: boolean) {
     this.handle = handle;
     this.allowHalfOpen = allowHalfOpen;
-    handle[LEG] = this;
+    handle[legKey!] = this;
     handle.onread = onHandleRead;
   }
 
@@ -389,10 +403,10 @@ export function takeLeg(socket: Socket): { leg: Leg; buffered: Buffer | null } {
     handle.reading = false;
   }
   s._handle = null;
-  // The handle's owner is the leg from now on: Node's own callbacks must not find the socket through it.
-  for (const key of Object.getOwnPropertySymbols(handle)) {
-    if ((handle as unknown as Record<symbol, unknown>)[key] === socket) delete (handle as unknown as Record<symbol, unknown>)[key];
-  }
+  // The handle's owner is the leg from now on: nothing may find the socket through it.
+  const owners = Object.getOwnPropertySymbols(handle).filter((key) => (handle as unknown as Record<symbol, unknown>)[key] === socket);
+  legKey ??= owners[0] ?? LEG;
+  for (const key of owners) if (key !== legKey) delete handle[key];
   const leg = new HandleLeg(handle, s.allowHalfOpen);
   // Without a handle this closes nothing: it ends the socket's own bookkeeping (its server's count, its timers).
   socket.destroy();

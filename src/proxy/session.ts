@@ -6,7 +6,7 @@ import type { SessionEnd } from '../events.js';
 import { BytePump, type PumpEvents } from './byte-pump.js';
 import { systemClock, type Clock, type Timer } from './clock.js';
 import { ClosingHandshake } from './closing-handshake.js';
-import type { Leg } from './handle-leg.js';
+import { OWNER, type Leg } from './handle-leg.js';
 import { CompressedGate } from './compressed-gate.js';
 
 export type { SessionEnd };
@@ -46,7 +46,6 @@ const CLIENT_STREAM_FAULTS: ReadonlySet<CloseReason> = new Set<CloseReason>([
 ]);
 
 /** The session a socket belongs to, for the listeners below: one function each for every connection. */
-const OWNER = Symbol('session');
 type Owned = Leg & { [OWNER]: Session };
 
 /*
