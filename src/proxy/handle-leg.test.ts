@@ -262,6 +262,20 @@ describe('HandleLeg', () => {
     server.close();
   });
 
+  it("leaves a socket whose peer's FIN was already read (before any 'end') as it is: the FIN still reaches its reader", async () => {
+    const { ours, theirs, server } = await acceptedPair(true);
+    theirs.end('last words');
+    await until(() => (ours as unknown as { _readableState: { ended: boolean } })._readableState.ended, 2000, 'the FIN read');
+    expect(ours.readableEnded).toBe(false);
+    expect(takeLeg(ours)).toEqual({ leg: ours, buffered: null });
+    const got: Buffer[] = [];
+    ours.on('data', (d: Buffer) => got.push(d));
+    await once(ours, 'end');
+    expect(Buffer.concat(got).toString()).toBe('last words');
+    ours.destroy();
+    server.close();
+  });
+
   it('half-open (as http.Server sockets are): the peer\'s FIN is "end", writes still go out, and our FIN then closes', async () => {
     const { ours, theirs, server } = await acceptedPair(true);
     const leg = handleLeg(ours);

@@ -373,17 +373,22 @@ function emitShutdown(leg: HandleLeg): void {
 /** The fields of net.Socket this module reads, beyond its typings. */
 interface SocketInternals {
   _handle: (RawHandle & { reading?: boolean }) | null;
+  /** `ended`: the peer's FIN was read, though 'end' may not have been emitted yet (readableEnded). */
+  _readableState?: { ended?: boolean };
   connecting: boolean;
   allowHalfOpen: boolean;
   writableCorked: number;
 }
 
-/** Whether `socket` can go on as a handle leg: a plain TCP socket, connected, nothing queued, nothing ended. */
+/**
+ * Whether `socket` can go on as a handle leg: a plain TCP socket, connected, nothing queued, nothing ended.
+ * A FIN already read stays with the socket: libuv has stopped reading, so a leg would never see it.
+ */
 function takeable(socket: Socket): boolean {
   const s = socket as unknown as SocketInternals;
   const handle = s._handle;
   return binding !== null && !('encrypted' in socket) && handle != null && !s.connecting && !socket.destroyed
-    && !socket.readableEnded && !socket.writableEnded && socket.writableLength === 0 && s.writableCorked === 0
+    && s._readableState?.ended === false && !socket.writableEnded && socket.writableLength === 0 && s.writableCorked === 0
     && typeof handle.writeBuffer === 'function' && typeof handle.shutdown === 'function' && typeof handle.useUserBuffer === 'function'
     && typeof handle.readStart === 'function' && typeof handle.readStop === 'function' && typeof handle.setNoDelay === 'function';
 }
