@@ -206,6 +206,32 @@ describe('faults', () => {
     await until(() => guard.guard.sessions.size === 0);
   });
 
+  it('a fault while the session is handed over closes both legs and is reported; the next connection is served', async () => {
+    const t = tag();
+    const faults: string[] = [];
+    const onFault = (e: { where: string }) => void faults.push(e.where);
+    guard.guard.events.on('internalError', onFault);
+    guard.guard.events.once('opened', () => {
+      throw new Error('injected fault');
+    });
+    try {
+      const ws = new WebSocket(`${guard.wsUrl}/ws/echo?tag=${t}`);
+      ws.on('error', () => {});
+      expect((await closed(ws)).code).toBe(1006);
+      await until(async () => (await upstream.seen(t)).some((e) => e.type === 'ws_disconnect'), 5000, 'the upstream leg closed');
+      expect(faults).toEqual(['upgrade']);
+      expect(guard.store.count('').total).toBe(0);
+    } finally {
+      guard.guard.events.off('internalError', onFault);
+    }
+    const ws = await open(`${guard.wsUrl}/ws/echo`);
+    ws.send('after');
+    expect((await nextMessage(ws)).data.toString()).toBe('after');
+    ws.close();
+    await closed(ws);
+    await until(() => guard.guard.sessions.size === 0);
+  });
+
   it('a client that stops reading pauses the upstream; nothing is lost when it reads again', async () => {
     const t = tag();
     const total = 32 * 1024 * 1024;

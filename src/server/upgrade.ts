@@ -11,7 +11,7 @@ import type { SessionLimits } from '../policies/messages.js';
 import { admission, releaseAll } from '../policies/policy.js';
 import { SLOT_RETRY_AFTER_S } from '../policies/slots.js';
 import { deflateOffers, dialUpstream, type DialResult } from '../proxy/dial.js';
-import { takeLeg } from '../proxy/handle-leg.js';
+import { takeLeg, type Leg } from '../proxy/handle-leg.js';
 import { Session } from '../proxy/session.js';
 import { reasonPhrase, relayableHeaders } from '../proxy/answer.js';
 import { type TrustedProxies, upstreamHeaders, type ForwardContext } from './forwarded.js';
@@ -243,34 +243,46 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
     // The session listens for both from here on: the handshake's listeners would only cost memory.
     socket.off('close', forgetPending);
     socket.off('error', destroySelf);
-    const client = takeLeg(socket);
-    const upstream = takeLeg(result.socket);
-    const session = new Session({
-      id: deps.nextId(),
-      client: client.leg,
-      upstream: upstream.leg,
-      clientHead: joined(head, client.buffered),
-      upstreamHead: joined(result.head, upstream.buffered),
-      compressed: result.compressed,
-      clientNoContextTakeover: result.clientNoContextTakeover,
-      holdBudget: deps.holdBudget,
-      closeTimeoutMs: config.timeouts.close,
-      expiresAt,
-      messageLimits: {
-        maxMessageBytes: limits.messageSize ?? Infinity,
-        maxFragments: limits.maxFragments ?? Infinity,
-        onMessageStart: perMessage.onMessageStart,
-        onControlFrame: perMessage.onControlFrame,
-      },
-      idleTimeoutMs: limits.idleTimeout,
-      maxLifetimeMs: limits.maxLifetime,
-    });
-    session.once('end', releaser(release, perMessage));
-    const meta: ConnectionMeta = { ip, path: logPath(req.url), route: route.path, user };
-    events.emit('opened', { ...meta, session: session.id, durationMs: Date.now() - hs.startedAt });
-    deps.onSession(session, meta);
-    // The drain began while the upstream was being dialled: this session ends like every other one.
-    if (deps.draining()) session.close('SHUTTING_DOWN', 'drain');
+    // From here the sockets become the session's legs: a fault before it runs (or while it is handed over)
+    // closes them, so nothing is left open that no one tracks (design.md §1).
+    const legs: Leg[] = [];
+    try {
+      const client = takeLeg(socket);
+      legs.push(client.leg);
+      const upstream = takeLeg(result.socket);
+      legs.push(upstream.leg);
+      const session = new Session({
+        id: deps.nextId(),
+        client: client.leg,
+        upstream: upstream.leg,
+        clientHead: joined(head, client.buffered),
+        upstreamHead: joined(result.head, upstream.buffered),
+        compressed: result.compressed,
+        clientNoContextTakeover: result.clientNoContextTakeover,
+        holdBudget: deps.holdBudget,
+        closeTimeoutMs: config.timeouts.close,
+        expiresAt,
+        messageLimits: {
+          maxMessageBytes: limits.messageSize ?? Infinity,
+          maxFragments: limits.maxFragments ?? Infinity,
+          onMessageStart: perMessage.onMessageStart,
+          onControlFrame: perMessage.onControlFrame,
+        },
+        idleTimeoutMs: limits.idleTimeout,
+        maxLifetimeMs: limits.maxLifetime,
+      });
+      session.once('end', releaser(release, perMessage));
+      const meta: ConnectionMeta = { ip, path: logPath(req.url), route: route.path, user };
+      events.emit('opened', { ...meta, session: session.id, durationMs: Date.now() - hs.startedAt });
+      deps.onSession(session, meta);
+      // The drain began while the upstream was being dialled: this session ends like every other one.
+      if (deps.draining()) session.close('SHUTTING_DOWN', 'drain');
+    } catch (err) {
+      for (const leg of legs) leg.destroy();
+      result.socket.destroy();
+      socket.destroy();
+      throw err;
+    }
   }
 
   /**
@@ -327,12 +339,13 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
       }
       upgrade(req, socket, head, hs)
         .catch((err: unknown) => {
+          // A fault is reported even when the client is gone by then (or its socket became a session's leg).
+          if (!(err instanceof GuardError)) events.emit('internalError', { err, where: 'upgrade' });
           if (socket.destroyed) return;
           if (err instanceof GuardError) {
             refuse(socket, err, hs);
             return;
           }
-          events.emit('internalError', { err, where: 'upgrade' });
           // An answer only while nothing has been written: after the 101 the bytes would be a frame.
           if (socket.bytesWritten === 0 && socket.writableLength === 0) refuse(socket, new GuardError('INTERNAL_ERROR'), hs);
           else socket.destroy();
