@@ -213,11 +213,13 @@ export class HandleLeg implements Leg {
 
   on(event: 'error' | 'close' | 'end' | 'drain' | 'data', listener: (...args: never[]) => void): this {
     const fn = listener as Listener;
+    const taken = event === 'error' ? this.onError : event === 'close' ? this.onClose : event === 'end' ? this.onEnd : this.onDrain;
+    // One listener each: a second one would silently take the session's place.
+    if (event === 'data' || taken !== null) throw new Error(`a handle leg takes one '${event}' listener and is read with readTo()`);
     if (event === 'error') this.onError = fn;
     else if (event === 'close') this.onClose = fn;
     else if (event === 'end') this.onEnd = fn;
-    else if (event === 'drain') this.onDrain = fn;
-    else throw new Error("a handle leg is read with readTo(), not 'data'");
+    else this.onDrain = fn;
     return this;
   }
 
@@ -389,6 +391,7 @@ function takeable(socket: Socket): boolean {
   const handle = s._handle;
   return binding !== null && !('encrypted' in socket) && handle != null && !s.connecting && !socket.destroyed
     && s._readableState?.ended === false && !socket.writableEnded && socket.writableLength === 0 && s.writableCorked === 0
+    && socket.errored == null && socket.readableEncoding === null
     && typeof handle.writeBuffer === 'function' && typeof handle.shutdown === 'function' && typeof handle.useUserBuffer === 'function'
     && typeof handle.readStart === 'function' && typeof handle.readStop === 'function' && typeof handle.setNoDelay === 'function';
 }
@@ -403,14 +406,13 @@ export function takeLeg(socket: Socket): { leg: Leg; buffered: Buffer | null } {
   const buffered = socket.readableLength > 0 ? socket.read() as Buffer | null : null;
   const s = socket as unknown as SocketInternals;
   const handle = s._handle!;
-  if (handle.reading === true) {
-    handle.readStop();
-    handle.reading = false;
-  }
+  // Stopping is idempotent in libuv: no trust in Node's own flag needed.
+  handle.readStop();
+  handle.reading = false;
   s._handle = null;
   // The handle's owner is the leg from now on: nothing may find the socket through it.
   const owners = Object.getOwnPropertySymbols(handle).filter((key) => (handle as unknown as Record<symbol, unknown>)[key] === socket);
-  legKey ??= owners[0] ?? LEG;
+  legKey ??= owners.find((key) => key.description === 'owner_symbol') ?? owners[0] ?? LEG;
   for (const key of owners) if (key !== legKey) delete handle[key];
   const leg = new HandleLeg(handle, s.allowHalfOpen);
   // Without a handle this closes nothing: it ends the socket's own bookkeeping (its server's count, its timers).
