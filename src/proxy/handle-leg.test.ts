@@ -323,6 +323,18 @@ describe('HandleLeg', () => {
     }
   });
 
+  it('a write after our FIN fails the leg as it fails a net.Socket: "error" ERR_STREAM_WRITE_AFTER_END, then "close"', async () => {
+    const { ours, theirs, server } = await acceptedPair(true);
+    const leg = handleLeg(ours);
+    const w = watch(leg);
+    leg.end(Buffer.from('done'));
+    expect(leg.write(Buffer.from('more'))).toBe(false);
+    await until(() => w.seen.includes('close'), 2000, 'close');
+    expect(w.seen).toEqual(['error ERR_STREAM_WRITE_AFTER_END', 'close']);
+    theirs.destroy();
+    server.close();
+  });
+
   it('a reset is "error" with its code, then "close"', async () => {
     const { ours, theirs, server } = await acceptedPair(true);
     const leg = handleLeg(ours);

@@ -258,8 +258,12 @@ export class HandleLeg implements Leg {
   }
 
   write(chunk: Buffer): boolean {
-    // A write after the end or the close has nowhere to go; net.Socket would fail the stream for it.
-    if (this.destroyed || this.writableEnded) return false;
+    if (this.destroyed) return false;
+    // As net.Socket does: a write after our FIN fails the leg, and the audit line says why.
+    if (this.writableEnded) {
+      this.fail(Object.assign(new Error('write after end'), { code: 'ERR_STREAM_WRITE_AFTER_END' }));
+      return false;
+    }
     if (chunk.length === 0) return this.writableLength < HIGH_WATER;
     const req = new binding!.WriteWrap();
     req.handle = this.handle;
