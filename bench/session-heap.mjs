@@ -22,7 +22,7 @@ function legOf(index) {
   const socket = ours[index];
   if (!takeLeg) return socket;
   ours[index] = null;
-  return takeLeg(socket).leg;
+  return takeLeg(socket);
 }
 
 const server = net.createServer();

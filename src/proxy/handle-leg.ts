@@ -189,7 +189,6 @@ export class HandleLeg implements Leg {
   readableEnded = false;
   writableEnded = false;
   writableLength = 0;
-  readonly readableLength = 0;
   [OWNER]: unknown = null;
   [WRITER]: unknown = null;
   private readonly handle: RawHandle;
@@ -199,14 +198,17 @@ export class HandleLeg implements Leg {
   private needDrain = false;
   private failure: Error | null = null;
   private receiver: PooledReceiver | null = null;
+  /** What the socket had buffered when it was taken apart, until the pump reads it. */
+  private buffered: Buffer | null;
   private onError: Listener | null = null;
   private onClose: Listener | null = null;
   private onEnd: Listener | null = null;
   private onDrain: Listener | null = null;
 
-  constructor(handle: RawHandle, allowHalfOpen: boolean) {
+  constructor(handle: RawHandle, allowHalfOpen: boolean, buffered: Buffer | null) {
     this.handle = handle;
     this.allowHalfOpen = allowHalfOpen;
+    this.buffered = buffered;
     handle[legKey!] = this;
     handle.onread = onHandleRead;
   }
@@ -230,9 +232,15 @@ export class HandleLeg implements Leg {
     this.handle.useUserBuffer(landing);
   }
 
-  /** Bytes a handle leg buffered: none, they go to its receiver as they come. */
-  read(): null {
-    return null;
+  /** Bytes the socket had buffered before it was taken apart: later reads go to the receiver as they come. */
+  get readableLength(): number {
+    return this.buffered?.length ?? 0;
+  }
+
+  read(): Buffer | null {
+    const bytes = this.buffered;
+    this.buffered = null;
+    return bytes;
   }
 
   pause(): this {
@@ -247,7 +255,7 @@ export class HandleLeg implements Leg {
     if (!this.reading && this.receiver !== null && !this.readableEnded && !this.destroyed) {
       this.reading = true;
       const status = this.handle.readStart();
-      if (status !== 0) this.fail(systemError(status, 'read'));
+      if (status !== 0) this.close(systemError(status, 'read'));
     }
     return this;
   }
@@ -261,7 +269,7 @@ export class HandleLeg implements Leg {
     if (this.destroyed) return false;
     // As net.Socket does: a write after our FIN fails the leg, and the audit line says why.
     if (this.writableEnded) {
-      this.fail(Object.assign(new Error('write after end'), { code: 'ERR_STREAM_WRITE_AFTER_END' }));
+      this.close(Object.assign(new Error('write after end'), { code: 'ERR_STREAM_WRITE_AFTER_END' }));
       return false;
     }
     if (chunk.length === 0) return this.writableLength < HIGH_WATER;
@@ -271,7 +279,7 @@ export class HandleLeg implements Leg {
     req.async = false;
     const status = this.handle.writeBuffer(req, chunk);
     if (status !== 0) {
-      this.fail(systemError(status, 'write'));
+      this.close(systemError(status, 'write'));
       return false;
     }
     if (binding!.streamBaseState[binding!.kLastWriteWasAsync] === 0) return this.writableLength < HIGH_WATER;
@@ -296,7 +304,7 @@ export class HandleLeg implements Leg {
     req.oncomplete = onShutdown;
     const status = this.handle.shutdown(req);
     if (status === 1 || status === binding!.notConnected) process.nextTick(emitShutdown, this);
-    else if (status !== 0) this.fail(systemError(status, 'shutdown'));
+    else if (status !== 0) this.close(systemError(status, 'shutdown'));
     return this;
   }
 
@@ -313,7 +321,7 @@ export class HandleLeg implements Leg {
       return;
     }
     if (n !== binding!.eof) {
-      this.fail(systemError(n, 'read'));
+      this.close(systemError(n, 'read'));
       return;
     }
     // libuv has stopped reading at the FIN.
@@ -337,7 +345,7 @@ export class HandleLeg implements Leg {
     req.buffer = null;
     if (this.destroyed) return;
     if (status < 0) {
-      this.fail(systemError(status, 'write'));
+      this.close(systemError(status, 'write'));
       return;
     }
     if (this.needDrain && this.writableLength === 0) {
@@ -356,10 +364,6 @@ export class HandleLeg implements Leg {
     this.closed = true;
     if (this.failure !== null) this.onError?.call(this, this.failure as never);
     this.onClose?.call(this);
-  }
-
-  private fail(err: Error): void {
-    this.close(err);
   }
 
   /** Closes the handle; 'error' (if any) and 'close' follow from its close callback. */
@@ -401,12 +405,12 @@ function takeable(socket: Socket): boolean {
 }
 
 /**
- * The leg a session runs `socket` on, and the bytes the socket had buffered (they come before any read of
- * the leg). A socket that cannot be taken apart is its own leg, its buffered bytes left in it.
+ * The leg a session runs `socket` on. Bytes the socket had buffered stay readable from the leg with
+ * `read()`, as from the socket. A socket that cannot be taken apart is its own leg.
  */
-export function takeLeg(socket: Socket): { leg: Leg; buffered: Buffer | null } {
+export function takeLeg(socket: Socket): Leg {
   socket.setTimeout(0);
-  if (!takeable(socket)) return { leg: socket, buffered: null };
+  if (!takeable(socket)) return socket;
   const buffered = socket.readableLength > 0 ? socket.read() as Buffer | null : null;
   const s = socket as unknown as SocketInternals;
   const handle = s._handle!;
@@ -418,8 +422,8 @@ export function takeLeg(socket: Socket): { leg: Leg; buffered: Buffer | null } {
   const owners = Object.getOwnPropertySymbols(handle).filter((key) => (handle as unknown as Record<symbol, unknown>)[key] === socket);
   legKey ??= owners.find((key) => key.description === 'owner_symbol') ?? owners[0] ?? LEG;
   for (const key of owners) if (key !== legKey) delete handle[key];
-  const leg = new HandleLeg(handle, s.allowHalfOpen);
+  const leg = new HandleLeg(handle, s.allowHalfOpen, buffered);
   // Without a handle this closes nothing: it ends the socket's own bookkeeping (its server's count, its timers).
   socket.destroy();
-  return { leg, buffered };
+  return leg;
 }

@@ -52,11 +52,6 @@ function clientGone(socket: Socket): boolean {
   return socket.destroyed || socket.readableEnded;
 }
 
-/** The bytes that came with a handshake, then those its socket buffered after it. */
-function joined(head: Buffer, buffered: Buffer | null): Buffer {
-  return buffered === null ? head : head.length === 0 ? buffered : Buffer.concat([head, buffered]);
-}
-
 function destroySelf(this: Socket): void {
   this.destroy();
 }
@@ -248,15 +243,15 @@ export function createUpgradeHandler(deps: UpgradeDeps) {
     const legs: Leg[] = [];
     try {
       const client = takeLeg(socket);
-      legs.push(client.leg);
+      legs.push(client);
       const upstream = takeLeg(result.socket);
-      legs.push(upstream.leg);
+      legs.push(upstream);
       const session = new Session({
         id: deps.nextId(),
-        client: client.leg,
-        upstream: upstream.leg,
-        clientHead: joined(head, client.buffered),
-        upstreamHead: joined(result.head, upstream.buffered),
+        client,
+        upstream,
+        clientHead: head,
+        upstreamHead: result.head,
         compressed: result.compressed,
         clientNoContextTakeover: result.clientNoContextTakeover,
         holdBudget: deps.holdBudget,
